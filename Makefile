@@ -1,0 +1,47 @@
+# Fresh machine: `make demo` runs the demo, `make test` runs every check CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export BANKING77_DIR ?= $(abspath ../shared/data/banking77)
+
+.PHONY: venv system-deps lint typecheck test demo train train-tiny bench clean
+
+system-deps:
+	@command -v dovecot >/dev/null 2>&1 || { \
+	  echo "installing Debian's dovecot-imapd (tests run a real Dovecot on 127.0.0.1)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dovecot-imapd >/dev/null; }
+	@# The Debian package enables a system Dovecot we never use; the tests start their own.
+	@-service dovecot stop >/dev/null 2>&1 || true
+
+$(BIN)/cleaninbox: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,dev]'
+	@touch $@
+
+venv: $(BIN)/cleaninbox
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: system-deps venv lint typecheck
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/python -m daemon.demo
+
+train: venv
+	$(BIN)/cleaninbox train --config configs/train.yaml
+
+train-tiny: venv
+	$(BIN)/cleaninbox train --config configs/train-tiny.yaml
+
+bench: venv
+	$(BIN)/python benchmarks/classifier_speed.py
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

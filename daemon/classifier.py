@@ -1,0 +1,174 @@
+"""Run-time classifier: a model bundle served with onnxruntime and ``tokenizers``.
+
+No torch and no transformers here: what the exporter's parity check runs is exactly
+what the daemon serves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from daemon.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
+from daemon.errors import BundleError, ModelError
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's classification, as printed by ``cleaninbox classify`` and the HTTP API."""
+
+    intent: str
+    confidence: float
+    abstain: bool
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "intent": self.intent,
+            "confidence": round(self.confidence, 6),
+            "abstain": self.abstain,
+            "top_k": [[name, round(p, 6)] for name, p in self.top_k],
+        }
+
+
+def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
+    scaled = logits.astype(np.float64) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    out: FloatArray = (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
+class Classifier:
+    """Loads a verified bundle and classifies texts in length-sorted batches.
+
+    ``predict`` returns results in input order. Texts are grouped by token length so
+    that little padding is computed; ``batch_size=1`` makes every result independent
+    of its neighbours (dynamic int8 quantisation computes activation ranges per batch).
+    """
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        *,
+        threads: int | None = None,
+        batch_size: int = 32,
+        top_k: int = 5,
+        abstain_threshold: float | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
+        self.labels = list(self.manifest.labels)
+        self.batch_size = max(1, batch_size)
+        self.top_k = max(1, min(top_k, len(self.labels)))
+        self.temperature = self.manifest.calibration.temperature
+        self.threshold = (
+            self.manifest.calibration.abstain_threshold
+            if abstain_threshold is None
+            else abstain_threshold
+        )
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / TOKENIZER_NAME))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise BundleError(
+                f"model bundle {self.bundle_dir}: {TOKENIZER_NAME} cannot be loaded: {exc}"
+            ) from exc
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.manifest.max_length)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                str(self.bundle_dir / MODEL_NAME), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(
+                f"model bundle {self.bundle_dir}: {MODEL_NAME} cannot be loaded: {exc}"
+            ) from exc
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        missing = sorted(set(self.manifest.inputs) - graph_inputs)
+        if missing:
+            raise BundleError(
+                f"model bundle {self.bundle_dir}: {MODEL_NAME} lacks inputs {missing} "
+                "named in the manifest"
+            )
+        self.input_names = [name for name in self.manifest.inputs if name in graph_inputs]
+        outputs = self.session.get_outputs()
+        self.output_name = outputs[0].name
+        self.last_inference_seconds = 0.0
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
+
+    def _run(self, ids: list[list[int]]) -> FloatArray:
+        width = max(len(row) for row in ids)
+        input_ids = np.full((len(ids), width), self.manifest.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        try:
+            result = self.session.run([self.output_name], feed)
+        except Exception as exc:
+            raise ModelError(f"model {self.version} failed at inference: {exc}") from exc
+        logits = np.asarray(result[0], dtype=np.float32)
+        if logits.shape != (len(ids), len(self.labels)):
+            raise ModelError(
+                f"model {self.version} returned logits of shape {logits.shape}, "
+                f"expected ({len(ids)}, {len(self.labels)})"
+            )
+        return logits
+
+    def logits(self, texts: Sequence[str]) -> FloatArray:
+        """Raw (uncalibrated) logits, shape ``[len(texts), num_labels]``, in input order."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        started = time.perf_counter()
+        ids = self.encode(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            out[chunk] = self._run([ids[i] for i in chunk])
+        self.last_inference_seconds = time.perf_counter() - started
+        return out
+
+    def probabilities(self, texts: Sequence[str]) -> FloatArray:
+        return softmax(self.logits(texts), self.temperature)
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        probs = self.probabilities(texts)
+        return [self._prediction(row) for row in probs]
+
+    def _prediction(self, row: FloatArray) -> Prediction:
+        top = np.argsort(-row)[: self.top_k]
+        best = int(top[0])
+        confidence = float(row[best])
+        return Prediction(
+            intent=self.labels[best],
+            confidence=confidence,
+            abstain=confidence < self.threshold,
+            top_k=[(self.labels[int(i)], float(row[int(i)])) for i in top],
+        )

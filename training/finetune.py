@@ -1,0 +1,238 @@
+"""Fine-tuning: linear-probe head initialisation, then full fine-tuning (LP-FT).
+
+A plain PyTorch loop (nanoGPT-style) rather than ``Trainer``: batches are bucketed by
+length (so little padding is computed on a CPU), two learning rates (encoder, head),
+linear warm-up and decay, label smoothing, early stopping on validation accuracy.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.linear_model import LogisticRegression
+from tokenizers import Tokenizer
+from torch import nn
+from tqdm.auto import tqdm
+
+from training.config import TrainerConfig
+from training.model import IntentClassifier
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_accuracy: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    model: IntentClassifier
+    probe_val_accuracy: float
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encode(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return [e.ids for e in tokenizer.encode_batch(list(texts))]
+
+
+def pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return input_ids, mask
+
+
+def bucketed_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random | None
+) -> list[list[int]]:
+    """Index batches of similar length; shuffled (chunks, then batches) when ``rng`` is given."""
+    ids = list(range(len(lengths)))
+    if rng is None:
+        ids.sort(key=lambda i: lengths[i])
+        return [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    rng.shuffle(ids)
+    chunk = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(ids), chunk):
+        part = sorted(ids[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@torch.no_grad()
+def predict_logits(
+    model: IntentClassifier, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 128
+) -> FloatArray:
+    model.eval()
+    out = np.zeros((len(ids), model.head.out_features), dtype=np.float32)
+    for batch in bucketed_batches([len(r) for r in ids], batch_size, None):
+        input_ids, mask = pad([ids[i] for i in batch], pad_id)
+        out[batch] = model(input_ids, mask).float().numpy()
+    return out
+
+
+@torch.no_grad()
+def embeddings(
+    model: IntentClassifier, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 128
+) -> FloatArray:
+    model.eval()
+    hidden = int(model.head.in_features)
+    out = np.zeros((len(ids), hidden), dtype=np.float32)
+    for batch in bucketed_batches([len(r) for r in ids], batch_size, None):
+        input_ids, mask = pad([ids[i] for i in batch], pad_id)
+        out[batch] = model.embed(input_ids, mask).float().numpy()
+    return out
+
+
+def init_head_from_probe(
+    model: IntentClassifier,
+    train_ids: Sequence[Sequence[int]],
+    train_labels: Sequence[int],
+    pad_id: int,
+    c: float,
+    seed: int,
+) -> None:
+    """Fit a logistic regression on frozen embeddings and copy it into the head."""
+    features = embeddings(model, train_ids, pad_id)
+    probe = LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    probe.fit(features, np.asarray(train_labels))
+    num_labels = model.head.out_features
+    weight = np.zeros((num_labels, features.shape[1]), dtype=np.float32)
+    bias = np.full((num_labels,), -1e4, dtype=np.float32)  # classes absent from a tiny subset
+    for row, cls in enumerate(probe.classes_):
+        weight[int(cls)] = probe.coef_[row]
+        bias[int(cls)] = probe.intercept_[row]
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(weight))
+        model.head.bias.copy_(torch.from_numpy(bias))
+
+
+def accuracy(logits: FloatArray, labels: Sequence[int]) -> float:
+    if len(labels) == 0:
+        return 0.0
+    return float((logits.argmax(axis=1) == np.asarray(labels)).mean())
+
+
+def fit(
+    model: IntentClassifier,
+    tokenizer: Tokenizer,
+    pad_id: int,
+    max_length: int,
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    val_texts: Sequence[str],
+    val_labels: Sequence[int],
+    config: TrainerConfig,
+    augment: Callable[[str, random.Random], str] | None = None,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """LP-FT: probe-initialised head, then ``config.epochs`` of full fine-tuning."""
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    train_ids = encode(tokenizer, train_texts, max_length)
+    val_ids = encode(tokenizer, val_texts, max_length)
+    init_head_from_probe(model, train_ids, train_labels, pad_id, config.probe_c, config.seed)
+    probe_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
+    log(f"linear probe: validation accuracy {probe_acc:.4f}")
+    result = FitResult(model, probe_acc, 0, probe_acc)
+    if config.epochs == 0:
+        result.seconds = time.perf_counter() - started
+        return result
+
+    rng = random.Random(config.seed)
+    labels = torch.tensor(list(train_labels), dtype=torch.long)
+    steps_per_epoch = (len(train_ids) + config.batch_size - 1) // config.batch_size
+    total = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_ratio * total)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.encoder.parameters(), "lr": config.encoder_lr},
+            {"params": model.head.parameters(), "lr": config.head_lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        ids = train_ids
+        if augment is not None and config.email_augment_fraction > 0:
+            texts = [
+                augment(t, rng) if rng.random() < config.email_augment_fraction else t
+                for t in train_texts
+            ]
+            ids = encode(tokenizer, texts, max_length)
+        model.train()
+        running = 0.0
+        batches = bucketed_batches([len(r) for r in ids], config.batch_size, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress)
+        for n, batch in enumerate(bar, start=1):
+            input_ids, mask = pad([ids[i] for i in batch], pad_id)
+            loss = loss_fn(model(input_ids, mask), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.item())
+            if n % 20 == 0:
+                bar.set_postfix(loss=f"{running / n:.3f}")
+        val_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
+        record = EpochRecord(
+            epoch, running / max(1, len(batches)), val_acc, time.perf_counter() - epoch_start
+        )
+        result.history.append(record)
+        log(
+            f"epoch {epoch}: loss {record.train_loss:.4f}, validation accuracy {val_acc:.4f} "
+            f"({record.seconds:.0f} s)"
+        )
+        if val_acc > result.best_val_accuracy:
+            result.best_val_accuracy = val_acc
+            result.best_epoch = epoch
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if stale >= config.early_stopping_patience:
+                log(f"early stopping: no improvement for {stale} epochs")
+                break
+    model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,414 @@
+"""``cleaninbox train``: data -> fine-tune -> export -> parity -> calibrate -> report -> bundle."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from daemon import __version__
+from daemon.bundle import (
+    MODEL_NAME,
+    SCHEMA_VERSION,
+    TOKENIZER_NAME,
+    Calibration,
+    DatasetInfo,
+    Manifest,
+    hash_bundle_files,
+    sha256_file,
+    write_manifest,
+)
+from daemon.classifier import Classifier
+from daemon.errors import ConfigError
+from daemon.samples import render_email
+from daemon.text import TEXT_RECIPE, email_to_text
+from training import report
+from training.baseline import run_baseline
+from training.calibration import choose_threshold, fit_temperature
+from training.config import TrainConfig
+from training.data import Banking77, load_banking77
+from training.export import build_onnx, check_parity, parity
+from training.finetune import (
+    EpochRecord,
+    FitResult,
+    encode,
+    fit,
+    predict_logits,
+    seed_everything,
+)
+from training.model import IntentClassifier, load_base_model, resolve_base_model
+
+Log = Callable[[str], None]
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and ``-dirty``) when run from a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+
+
+def email_augment(text: str, rng: random.Random) -> str:
+    """A training text as the daemon would see it after rendering it as an email."""
+    extracted = email_to_text(render_email(text, rng))
+    return extracted.text or text
+
+
+def _hardware() -> str:
+    return f"{platform.machine()} CPU, {os.cpu_count()} threads"
+
+
+def _write_bundle(
+    directory: Path, model_file: Path, tokenizer_json: str, manifest: Manifest
+) -> Manifest:
+    directory.mkdir(parents=True, exist_ok=True)
+    if model_file != directory / MODEL_NAME:
+        shutil.copyfile(model_file, directory / MODEL_NAME)
+    (directory / TOKENIZER_NAME).write_text(tokenizer_json, encoding="utf-8")
+    manifest = manifest.model_copy(update={"files": hash_bundle_files(directory)})
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def _email_texts(queries: Sequence[str], seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [email_to_text(render_email(q, rng)).text for q in queries]
+
+
+def _summary_metrics(
+    logits: Any, labels: Sequence[int], names: Sequence[str], temperature: float, threshold: float
+) -> dict[str, Any]:
+    full = report.classification_metrics(logits, labels, names, temperature, threshold)
+    return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
+
+
+def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print) -> Path:
+    """Run the whole pipeline; return the new bundle directory (``models/<version>``)."""
+    started = time.perf_counter()
+    seed = config.train.seed
+    out_root = output_dir or config.output_dir
+    out_root.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(seed)
+    if config.model.init == "pretrained":
+        resolve_base_model(config.model.base_model)  # a wrong path fails before any work
+    data: Banking77 = load_banking77(config.data, seed)
+    log(
+        f"data: {len(data.train)} train, {len(data.val)} validation, {len(data.test)} test "
+        f"({data.source}, {config.data.dir})"
+    )
+    base = load_base_model(config.model)
+    log(f"base model: {base.name}")
+    model = IntentClassifier(base.encoder, len(data.label_names), config.model.pooling)
+    if config.train.resume_from is not None:
+        fitted = _resume(model, config.train.resume_from, log)
+    else:
+        fitted = fit(
+            model,
+            base.tokenizer,
+            base.pad_token_id,
+            config.model.max_length,
+            data.train.texts,
+            data.train.labels,
+            data.val.texts,
+            data.val.labels,
+            config.train,
+            augment=email_augment if config.train.email_augment_fraction > 0 else None,
+            log=log,
+        )
+    model = fitted.model
+    if config.train.save_checkpoint:
+        checkpoints = out_root / ".checkpoints"
+        checkpoints.mkdir(exist_ok=True)
+        target = checkpoints / f"{datetime.now(UTC):%Y%m%d-%H%M%S}.pt"
+        fit_info = {
+            "probe_val_accuracy": fitted.probe_val_accuracy,
+            "best_epoch": fitted.best_epoch,
+            "best_val_accuracy": fitted.best_val_accuracy,
+            "history": [vars(r) for r in fitted.history],
+            "seconds": fitted.seconds,
+        }
+        torch.save({"state_dict": model.state_dict(), "fit": fit_info}, target)
+        log(f"checkpoint saved: {target}")
+    max_len = config.model.max_length
+    torch_val = predict_logits(
+        model, encode(base.tokenizer, data.val.texts, max_len), base.pad_token_id
+    )
+    torch_test = predict_logits(
+        model, encode(base.tokenizer, data.test.texts, max_len), base.pad_token_id
+    )
+
+    created = datetime.now(UTC).replace(microsecond=0)
+    stamp = created.strftime("%Y%m%d-%H%M%S")
+    staging = out_root / f".staging-{stamp}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    tokenizer_json = base.tokenizer.to_str()
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        version="staging",
+        created_at=created,
+        code_version=code_version(),
+        labels=data.label_names,
+        max_length=max_len,
+        text_recipe=TEXT_RECIPE,
+        inputs=["input_ids", "attention_mask"],
+        pad_token_id=base.pad_token_id,
+        calibration=Calibration(temperature=1.0, abstain_threshold=0.0),
+        base_model=base.name,
+        dataset=DatasetInfo(name="banking77", source=data.source, files=data.sha256),
+        training_config=config.model_dump(mode="json"),
+        metrics={},
+        files={MODEL_NAME: "", TOKENIZER_NAME: ""},
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="cleaninbox-export-") as tmp:
+            work = Path(tmp)
+            artifacts = build_onnx(model, staging, work, config.export)
+            manifest = _write_bundle(staging, artifacts.model_path, tokenizer_json, manifest)
+            fp32_dir = work / "fp32"
+            _write_bundle(fp32_dir, artifacts.fp32_path, tokenizer_json, manifest)
+            served = Classifier(staging, batch_size=32)
+            fp32 = Classifier(fp32_dir, batch_size=32)
+            served_val = served.logits(data.val.texts)
+            served_test = served.logits(data.test.texts)
+            fp32_test = fp32.logits(data.test.texts)
+            onnx_mb = artifacts.model_path.stat().st_size / 1e6
+            log(f"exported {'int8' if artifacts.quantised else 'fp32'} ONNX: {onnx_mb:.1f} MB")
+
+            parity_val = parity(torch_val, served_val, data.val.labels)
+            parity_test = parity(torch_test, served_test, data.test.labels)
+            quant_test = parity(fp32_test, served_test, data.test.labels)
+            log(
+                f"parity (validation): agreement {parity_val.agreement:.4f}, accuracy drop "
+                f"{parity_val.accuracy_drop * 100:.2f} points"
+            )
+            check_parity(
+                parity_val,
+                config.export.min_agreement,
+                config.export.max_accuracy_drop,
+                "served ONNX vs PyTorch (validation)",
+            )
+
+            temperature = fit_temperature(served_val, data.val.labels)
+            val_probs_conf = _confidence(served_val, temperature)
+            correct_val = served_val.argmax(axis=1) == np.asarray(data.val.labels)
+            threshold = choose_threshold(
+                val_probs_conf,
+                correct_val,
+                config.calibration.target_accuracy,
+                config.calibration.min_coverage,
+            )
+            log(
+                f"calibration: temperature {temperature:.3f}, abstain below "
+                f"{threshold.value:.3f} (validation coverage {threshold.coverage:.3f}, "
+                f"accuracy on covered {threshold.selective_accuracy:.4f})"
+            )
+            names = data.label_names
+            test_metrics = report.classification_metrics(
+                served_test, data.test.labels, names, temperature, threshold.value
+            )
+            metrics: dict[str, Any] = {
+                "examples": {
+                    "train": len(data.train),
+                    "val": len(data.val),
+                    "test": len(data.test),
+                },
+                "probe_val_accuracy": fitted.probe_val_accuracy,
+                "best_epoch": fitted.best_epoch,
+                "val_accuracy": float(
+                    (served_val.argmax(axis=1) == np.asarray(data.val.labels)).mean()
+                ),
+                "test": test_metrics,
+                "torch_fp32": _summary_metrics(torch_test, data.test.labels, names, 1.0, 0.0),
+                "onnx_fp32": _summary_metrics(fp32_test, data.test.labels, names, 1.0, 0.0),
+                "parity_val": parity_val.to_json(),
+                "parity_test": parity_test.to_json(),
+                "int8_vs_fp32_test": quant_test.to_json(),
+                "history": [vars(r) for r in fitted.history],
+                "fit_seconds": fitted.seconds,
+            }
+            if config.report.baseline:
+                log("baseline: TF-IDF + logistic regression")
+                base_result = run_baseline(
+                    (data.train.texts, data.train.labels),
+                    (data.val.texts, data.val.labels),
+                    (data.test.texts, data.test.labels),
+                    seed,
+                )
+                metrics["baseline"] = {
+                    "val_accuracy": base_result.val_accuracy,
+                    "test_accuracy": base_result.test_accuracy,
+                    "test_macro_f1": base_result.test_macro_f1,
+                    "seconds": base_result.seconds,
+                }
+            if config.report.email_eval:
+                email_texts = _email_texts(data.test.texts, seed + 1)
+                email_logits = served.logits(email_texts)
+                metrics["email"] = _summary_metrics(
+                    email_logits, data.test.labels, names, temperature, threshold.value
+                )
+                metrics["email"]["gap_points"] = (
+                    test_metrics["accuracy"] - metrics["email"]["accuracy"]
+                ) * 100
+
+            report_dir = staging / "report"
+            report_dir.mkdir()
+            report.plot_confusion(
+                served_test, data.test.labels, names, report_dir / "confusion_matrix.png"
+            )
+            report.plot_reliability(
+                served_test, data.test.labels, temperature, report_dir / "reliability.png"
+            )
+            report.plot_coverage(
+                served_test,
+                data.test.labels,
+                temperature,
+                threshold.value,
+                report_dir / "coverage_accuracy.png",
+            )
+            sample_rng = random.Random(seed)
+            samples = sorted(
+                sample_rng.sample(
+                    range(len(data.test)), min(config.report.sample_plots, len(data.test))
+                )
+            )
+            report.plot_top5(
+                data.test.texts,
+                served_test,
+                data.test.labels,
+                names,
+                temperature,
+                samples,
+                report_dir / "top5_samples.png",
+            )
+            report.write_per_class(test_metrics, report_dir / "per_class.csv")
+            report.write_json(metrics, report_dir / "metrics.json")
+            (report_dir / "train_config.yaml").write_text(
+                yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+            )
+            elapsed = time.perf_counter() - started
+            metrics["train_seconds"] = elapsed
+            model_sha = sha256_file(staging / MODEL_NAME)
+            version = f"{stamp}-{model_sha[:7]}"
+            summary = {
+                "version": version,
+                "base_model": base.name,
+                "onnx": f"{'int8 dynamic' if artifacts.quantised else 'fp32'}, {onnx_mb:.1f} MB",
+                "max_length": max_len,
+                "text_recipe": TEXT_RECIPE,
+                "temperature": temperature,
+                "threshold": threshold.value,
+                "target_accuracy": config.calibration.target_accuracy,
+                "metrics": metrics,
+                "data_sha256": data.sha256,
+                "train_seconds": elapsed,
+                "hardware": _hardware(),
+            }
+            (staging / "MODEL_CARD.md").write_text(report.model_card(summary), encoding="utf-8")
+            manifest = manifest.model_copy(
+                update={
+                    "version": version,
+                    "calibration": Calibration(
+                        temperature=temperature,
+                        abstain_threshold=threshold.value,
+                        target_accuracy=config.calibration.target_accuracy,
+                        validation_coverage=threshold.coverage,
+                        validation_selective_accuracy=threshold.selective_accuracy,
+                    ),
+                    "metrics": _manifest_metrics(metrics),
+                }
+            )
+            manifest = _write_bundle(staging, staging / MODEL_NAME, tokenizer_json, manifest)
+        final = out_root / version
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(
+        f"bundle written: {final} (test accuracy {test_metrics['accuracy']:.4f}, "
+        f"macro-F1 {test_metrics['macro_f1']:.4f}, {elapsed / 60:.1f} min)"
+    )
+    return final
+
+
+def _resume(model: IntentClassifier, path: Path, log: Log) -> FitResult:
+    """Load fine-tuned weights saved by ``train.save_checkpoint`` instead of training."""
+    if not path.is_file():
+        raise ConfigError(f"train.resume_from: {path} does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["state_dict"])
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
+        raise ConfigError(f"train.resume_from: {path} is not a usable checkpoint: {exc}") from exc
+    fit_info = saved.get("fit", {})
+    log(f"resumed fine-tuned weights from {path}")
+    return FitResult(
+        model=model,
+        probe_val_accuracy=float(fit_info.get("probe_val_accuracy", 0.0)),
+        best_epoch=int(fit_info.get("best_epoch", 0)),
+        best_val_accuracy=float(fit_info.get("best_val_accuracy", 0.0)),
+        history=[EpochRecord(**r) for r in fit_info.get("history", [])],
+        seconds=float(fit_info.get("seconds", 0.0)),
+    )
+
+
+def _confidence(logits: Any, temperature: float) -> Any:
+    from daemon.classifier import softmax
+
+    return softmax(logits, temperature).max(axis=1)
+
+
+def _manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The manifest keeps headline figures and per-class F1; report/metrics.json has the rest."""
+    test = metrics["test"]
+    out: dict[str, Any] = {
+        "test_accuracy": test["accuracy"],
+        "test_macro_f1": test["macro_f1"],
+        "test_coverage": test["coverage"],
+        "test_selective_accuracy": test["selective_accuracy"],
+        "val_accuracy": metrics["val_accuracy"],
+        "per_class_f1": {name: row["f1"] for name, row in test["per_class"].items()},
+        "torch_fp32_test_accuracy": metrics["torch_fp32"]["accuracy"],
+        "onnx_fp32_test_accuracy": metrics["onnx_fp32"]["accuracy"],
+        "int8_vs_fp32_agreement": metrics["int8_vs_fp32_test"]["agreement"],
+        "int8_vs_fp32_accuracy_drop": metrics["int8_vs_fp32_test"]["accuracy_drop"],
+        "int8_vs_torch_agreement": metrics["parity_test"]["agreement"],
+        "train_seconds": metrics["train_seconds"],
+    }
+    if "baseline" in metrics:
+        out["baseline_test_accuracy"] = metrics["baseline"]["test_accuracy"]
+        out["baseline_test_macro_f1"] = metrics["baseline"]["test_macro_f1"]
+    if "email" in metrics:
+        out["email_test_accuracy"] = metrics["email"]["accuracy"]
+    return out
