@@ -1,0 +1,550 @@
+"""The ``cleaninbox`` command line.
+
+Every :class:`~daemon.errors.CleanInboxError` becomes one line on stderr and the error's
+exit code (2: bad input, 1: failure at run time). Training commands import ``training``
+lazily and say which install fixes a missing ``[train]`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from daemon import __version__
+from daemon.errors import CleanInboxError, DependencyError
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+def fail(exc: CleanInboxError) -> NoReturn:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    click.echo(f"cleaninbox: error: {message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class _Group(click.Group):
+    """A click group that turns CleanInbox errors into one clear line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CleanInboxError as exc:
+            fail(exc)
+
+
+def _training() -> None:
+    """Fail clearly when the [train] extra is missing."""
+    import importlib.util
+
+    for name in ("torch", "transformers", "sklearn", "onnx", "matplotlib"):
+        if importlib.util.find_spec(name) is None:
+            raise DependencyError(
+                f"this command needs the training extra ({name} is missing): "
+                "pip install 'cleaninbox[train]'"
+            )
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cleaninbox")
+def main() -> None:
+    """CleanInbox: classify new mail into banking77 intents and file it by rules."""
+
+
+# --- training ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Training config YAML (configs/train.yaml, configs/train-tiny.yaml).",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory to write the bundle into (default: output_dir of the config).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.epochs=2 (repeatable).",
+)
+@click.option("--promote", is_flag=True, help="Point models/current at the new bundle.")
+def train(
+    config_path: Path, output: Path | None, overrides: tuple[str, ...], promote: bool
+) -> None:
+    """Fine-tune, calibrate, export and verify a model bundle."""
+    from training.config import load_train_config
+
+    config = load_train_config(config_path, list(overrides))
+    _training()
+    from training.pipeline import train as run_training
+
+    bundle = run_training(config, output, log=_echo_err)
+    if promote:
+        from daemon.registry import promote as promote_bundle
+
+        promote_bundle(bundle.parent, bundle.name)
+        _echo_err(f"promoted {bundle.name} to {bundle.parent / 'current'}")
+    click.echo(str(bundle))
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODELS_DIR / "current",
+    show_default=True,
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="banking77 CSV directory (default: $BANKING77_DIR or data/raw/banking77).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write figures and per-class scores here.",
+)
+@click.option("--no-emails", is_flag=True, help="Skip the test-queries-as-emails evaluation.")
+def evaluate(
+    model_dir: Path, data_dir: Path | None, report_dir: Path | None, no_emails: bool
+) -> None:
+    """Score a bundle on the banking77 test set (plain queries and rendered as emails)."""
+    import os
+
+    from training.config import DataConfig
+
+    data = DataConfig()
+    if data_dir is not None:
+        data.dir = data_dir
+    elif os.environ.get("BANKING77_DIR"):
+        data.dir = Path(os.environ["BANKING77_DIR"])
+    from daemon.bundle import read_manifest
+
+    read_manifest(model_dir)  # a bad bundle is reported before the heavy imports
+    _training()
+    from training.evaluate import evaluate_bundle
+
+    result = evaluate_bundle(model_dir, data, emails=not no_emails, report_dir=report_dir)
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command()
+@click.argument("texts", nargs=-1)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODELS_DIR / "current",
+    show_default=True,
+)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help='.txt (one text a line), .jsonl ({"text": ...}) or .eml file.',
+)
+@click.option("--top-k", type=click.IntRange(1, 77), default=5, show_default=True)
+def classify(texts: tuple[str, ...], model_dir: Path, input_file: Path | None, top_k: int) -> None:
+    """Classify texts; print one JSON object a line."""
+    from daemon.classifier import Classifier
+    from daemon.errors import ConfigError
+    from daemon.inputs import read_inputs
+
+    items = list(texts)
+    if input_file is not None:
+        items += read_inputs(input_file)
+    if not items:
+        raise ConfigError("nothing to classify: give TEXT arguments or --input FILE")
+    classifier = Classifier(model_dir, top_k=top_k)
+    for prediction in classifier.predict(items):
+        click.echo(json.dumps(prediction.to_json()))
+
+
+# --- model registry ---------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def models() -> None:
+    """List, promote and roll back model bundles."""
+
+
+_models_dir_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODELS_DIR,
+    show_default=True,
+)
+
+
+@models.command("list")
+@_models_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+def models_list(models_dir: Path, as_json: bool) -> None:
+    """Show bundles with their metrics (* marks models/current)."""
+    from daemon.registry import list_bundles
+
+    entries = list_bundles(models_dir)
+    if as_json:
+        for entry in entries:
+            m = entry.manifest
+            click.echo(
+                json.dumps(
+                    {
+                        "version": entry.version,
+                        "current": entry.current,
+                        "base_model": m.base_model if m else None,
+                        "parent_version": m.parent_version if m else None,
+                        "metrics": {
+                            k: v
+                            for k, v in (m.metrics if m else {}).items()
+                            if not isinstance(v, dict)
+                        },
+                        "error": entry.error,
+                    }
+                )
+            )
+        return
+    if not entries:
+        click.echo(f"no bundles in {models_dir}")
+        return
+    click.echo(
+        f"  {'version':<28} {'test acc':>8} {'macro-F1':>8} {'email':>7} "
+        f"{'baseline':>8}  base model"
+    )
+    for entry in entries:
+        mark = "*" if entry.current else " "
+        if entry.manifest is None:
+            click.echo(f"{mark} {entry.version:<28} unreadable: {entry.error}")
+            continue
+        figures = entry.manifest.metrics
+
+        def pct(key: str, metrics: dict[str, Any] = figures) -> str:
+            value = metrics.get(key)
+            return f"{value * 100:.2f}" if isinstance(value, int | float) else "-"
+
+        click.echo(
+            f"{mark} {entry.version:<28} {pct('test_accuracy'):>8} {pct('test_macro_f1'):>8} "
+            f"{pct('email_test_accuracy'):>7} {pct('baseline_test_accuracy'):>8}  "
+            f"{entry.manifest.base_model}"
+        )
+
+
+@models.command("promote")
+@click.argument("version")
+@_models_dir_option
+def models_promote(version: str, models_dir: Path) -> None:
+    """Verify bundle VERSION and point models/current at it."""
+    from daemon.registry import promote
+
+    manifest = promote(models_dir, version)
+    click.echo(f"models/current -> {manifest.version}")
+
+
+@models.command("rollback")
+@_models_dir_option
+def models_rollback(models_dir: Path) -> None:
+    """Point models/current back at the bundle it served before the last switch."""
+    from daemon.registry import rollback
+
+    manifest = rollback(models_dir)
+    click.echo(f"models/current -> {manifest.version}")
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a setting, e.g. --set dry_run=true (repeatable).",
+    )(func)
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Settings YAML (default: ./cleaninbox.yaml if present).",
+    )(func)
+
+
+def _settings(config_path: Path | None, overrides: tuple[str, ...]) -> Any:
+    from daemon.logs import configure_logging
+    from daemon.settings import load_settings
+
+    settings = load_settings(config_path, list(overrides))
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _service(settings: Any, dry_run: bool) -> Any:
+    from daemon.service import Service
+    from daemon.state import install_write_hook_from_env
+
+    install_write_hook_from_env()
+    return Service(settings, dry_run=dry_run or settings.dry_run)
+
+
+@main.command()
+@_config_options
+@click.option("--dry-run", is_flag=True, help="Decide and log; change nothing.")
+def run(config_path: Path | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """Run the daemon until SIGTERM."""
+    settings = _settings(config_path, overrides)
+    service = _service(settings, dry_run)
+    sys.exit(service.run())
+
+
+def _summary(reports: dict[str, Any], dry_run: bool) -> None:
+    click.echo(
+        f"{'account':<16} {'new':>6} {'moved':>6} {'tagged':>6} {'left':>6} "
+        f"{'abstain':>7} {'skipped':>7} {'failed':>6} {'seconds':>8}  status"
+    )
+    for name, r in reports.items():
+        left = r.actions.get("none", 0)
+        click.echo(
+            f"{name:<16} {r.new:>6} {r.actions.get('move', 0):>6} "
+            f"{r.actions.get('tag', 0) + r.actions.get('copy', 0):>6} {left:>6} "
+            f"{r.abstained:>7} {r.skipped:>7} {r.failed:>6} {r.seconds:>8.2f}  "
+            f"{'error: ' + r.error if r.error else ('dry run' if dry_run else 'ok')}"
+        )
+        for note in r.notes:
+            click.echo(f"  note: {note}")
+        if r.intents:
+            top = ", ".join(f"{k} {v}" for k, v in r.intents.most_common(5))
+            click.echo(f"  top intents: {top}")
+
+
+@main.command()
+@_config_options
+@click.option("--dry-run", is_flag=True, help="Decide and log; change nothing.")
+def once(config_path: Path | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """One cycle over every account, then exit (prints a summary table)."""
+    settings = _settings(config_path, overrides)
+    service = _service(settings, dry_run)
+    try:
+        reports = service.once()
+    finally:
+        service.close()
+    _summary(reports, service.dry_run)
+    if any(r.error for r in reports.values()):
+        sys.exit(1)
+
+
+@main.command("check-config")
+@_config_options
+@click.option("--connect", is_flag=True, help="Also log in to every account.")
+def check_config(config_path: Path | None, overrides: tuple[str, ...], connect: bool) -> None:
+    """Validate settings, the model bundle and the rules (and with --connect, logins)."""
+    from daemon.errors import CleanInboxError
+    from daemon.mailbox import open_mailbox
+    from daemon.runtime import load
+
+    settings = _settings(config_path, overrides)
+    loaded = load(settings)
+    click.echo(f"settings ok: {len(settings.accounts)} account(s)")
+    click.echo(
+        f"model ok: {loaded.classifier.version} ({len(loaded.classifier.labels)} labels, "
+        f"abstain below {loaded.classifier.threshold:.3f})"
+    )
+    click.echo(
+        f"rules ok: {settings.rules} ({len(loaded.rules.spec.rules)} rules, folders: "
+        f"{', '.join(sorted(loaded.rules.folders())) or 'none'})"
+    )
+    if not connect:
+        return
+    failures = 0
+    for account in settings.accounts:
+        mailbox = open_mailbox(account)
+        try:
+            mailbox.open()
+            missing = [f for f in account.folders if not mailbox.folder_exists(f)]
+            if missing:
+                raise CleanInboxError(
+                    f"account {account.name}: folder(s) not found: {', '.join(missing)}"
+                )
+            caps = mailbox.capabilities
+            click.echo(
+                f"account {account.name} ok: MOVE {'yes' if caps.move else 'no'}, "
+                f"UIDPLUS {'yes' if caps.uidplus else 'no'}, "
+                f"CONDSTORE {'yes' if caps.condstore else 'no'}"
+            )
+        except CleanInboxError as exc:
+            failures += 1
+            click.echo(f"cleaninbox: error: {exc}", err=True)
+        finally:
+            mailbox.close()
+    if failures:
+        sys.exit(2)
+
+
+@main.command()
+@_config_options
+@click.option("--account", required=True, help="Account to backfill.")
+@click.option("--since", default=None, help="Only mail delivered on/after YYYY-MM-DD.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N messages.")
+@click.option("--dry-run", is_flag=True, help="Decide and log; change nothing.")
+def backfill(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    account: str,
+    since: str | None,
+    limit: int | None,
+    dry_run: bool,
+) -> None:
+    """Triage mail that was already there when CleanInbox started."""
+    from datetime import date
+
+    from daemon.errors import ConfigError
+    from daemon.triage import Mode
+
+    if since is not None:
+        try:
+            date.fromisoformat(since)
+        except ValueError:
+            raise ConfigError(f"--since {since!r} is not a date like 2026-01-31") from None
+    settings = _settings(config_path, overrides)
+    settings.account(account)
+    service = _service(settings, dry_run)
+    mode = Mode(dry_run=service.dry_run, backfill=True, since=since, limit=limit)
+    try:
+        with click.progressbar(
+            length=limit or 0, label=f"backfill {account}", file=sys.stderr, show_pos=True
+        ) as bar:
+            report = service.cycle(account, mode, progress=bar.update)
+    finally:
+        service.close()
+    _summary({account: report}, service.dry_run)
+
+
+@main.command()
+@_config_options
+@click.option("--account", default=None)
+@click.option("--since", default=None, help="ISO date/time, or a duration like 2h or 7d.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
+@click.option("--limit", type=click.IntRange(1), default=None)
+def history(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    account: str | None,
+    since: str | None,
+    as_json: bool,
+    limit: int | None,
+) -> None:
+    """Show the audit log of decisions."""
+    from daemon.state import StateStore
+
+    settings = _settings(config_path, overrides)
+    since_iso = _since(since)
+    with StateStore(settings.state, read_only=True, lock=False) as store:
+        rows = store.history(account=account, since=since_iso, limit=limit)
+    for d in rows:
+        if as_json:
+            click.echo(json.dumps(d.to_json()))
+            continue
+        conf = f"{d.confidence:.2f}" if d.confidence is not None else "-"
+        click.echo(
+            f"{d.id:>6} {d.created_at} {d.account}/{d.folder} uid {d.uid} "
+            f"{d.intent or '-'} {conf} {d.action or '-'} [{d.status}]"
+            f"{' ' + d.reason if d.reason else ''}"
+        )
+
+
+def _since(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    from daemon.errors import ConfigError
+    from daemon.undo import parse_duration, since_iso
+
+    if value[-1:].isalpha() and value[:-1].strip().isdigit():
+        return since_iso(parse_duration(value))
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--since {value!r} is neither an ISO date nor a duration") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@main.command()
+@_config_options
+@click.option(
+    "--since", "since_duration", default=None, help="Undo decisions of the last 2h, 1d..."
+)
+@click.option("--decision", "decision_id", type=int, default=None, help="Undo one decision.")
+@click.option("--dry-run", is_flag=True, help="Show what would be undone.")
+def undo(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    since_duration: str | None,
+    decision_id: int | None,
+    dry_run: bool,
+) -> None:
+    """Put messages back where they were, using the audit log."""
+    from daemon.errors import ConfigError
+    from daemon.mailbox import open_mailbox
+    from daemon.state import StateStore
+    from daemon.undo import parse_duration, since_iso, undoable
+    from daemon.undo import undo as run_undo
+
+    if (since_duration is None) == (decision_id is None):
+        raise ConfigError("give exactly one of --since DURATION or --decision ID")
+    settings = _settings(config_path, overrides)
+    since = since_iso(parse_duration(since_duration)) if since_duration else None
+    boxes: dict[str, Any] = {}
+
+    def mailbox_for(name: str) -> Any:
+        if name not in boxes:
+            boxes[name] = open_mailbox(settings.account(name))
+            boxes[name].open()
+        return boxes[name]
+
+    with StateStore(settings.state) as store:
+        todo = undoable(store, since=since, decision_id=decision_id)
+        try:
+            results = run_undo(store, todo, mailbox_for, dry_run=dry_run)
+        finally:
+            for box in boxes.values():
+                box.close()
+    for r in results:
+        click.echo(
+            f"{r.decision.id:>6} {r.decision.account}/{r.decision.folder} "
+            f"{r.decision.message_id or '-'}: {r.status}: {r.detail}"
+        )
+    click.echo(
+        f"{sum(r.status == 'done' for r in results)} undone, "
+        f"{sum(r.status == 'failed' for r in results)} failed"
+        f"{', dry run' if dry_run else ''}"
+    )
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

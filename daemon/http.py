@@ -1,0 +1,181 @@
+"""HTTP: ``/metrics``, ``/healthz``, ``/readyz`` and ``POST /v1/classify`` (FastAPI).
+
+Bound to 127.0.0.1 by default. When a token is configured, ``/v1/classify`` requires
+``Authorization: Bearer <token>``; listening beyond loopback without a token is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+from pydantic import BaseModel, ConfigDict, Field
+
+from daemon.errors import ConfigError
+from daemon.metrics import Metrics
+from daemon.runtime import Runtime
+from daemon.settings import Settings, is_loopback
+from daemon.text import email_to_text
+
+MAX_ITEMS = 256
+
+
+@dataclass
+class Health:
+    """What /readyz reports: set by the service after every cycle."""
+
+    intervals: dict[str, float] = field(default_factory=dict)  # account -> seconds
+    last_ok: dict[str, float] = field(default_factory=dict)
+    last_error: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def ok(self, account: str) -> None:
+        self.last_ok[account] = time.time()
+        self.last_error.pop(account, None)
+
+    def failed(self, account: str, error: str) -> None:
+        self.last_error[account] = error
+
+    def problems(self, now: float | None = None) -> list[str]:
+        now = now or time.time()
+        out = []
+        for account, interval in self.intervals.items():
+            last = self.last_ok.get(account)
+            limit = 3 * interval
+            if last is None:
+                if now - self.started > limit:
+                    error = self.last_error.get(account, "no cycle has finished yet")
+                    out.append(f"{account}: no successful cycle in {limit:g} s ({error})")
+            elif now - last > limit:
+                error = self.last_error.get(account, "no cycle finished since")
+                out.append(f"{account}: last successful cycle {now - last:.0f} s ago ({error})")
+        return out
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(default_factory=list, max_length=MAX_ITEMS)
+    emails: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ITEMS,
+        description="Raw RFC 5322 messages, base64-encoded.",
+    )
+    top_k: int = Field(default=5, ge=1, le=77)
+
+
+def create_app(
+    settings: Settings,
+    runtime: Runtime,
+    metrics: Metrics,
+    health: Health,
+    token: str | None = None,
+) -> FastAPI:
+    if not is_loopback(settings.http.host) and token is None:
+        raise ConfigError(
+            f"http.listen {settings.http.listen} is not a loopback address; set http.token_env "
+            "or http.token_file so /v1/classify is not open to the network"
+        )
+    app = FastAPI(title="CleanInbox", version="1", docs_url=None, redoc_url=None)
+    app.mount("/metrics", make_asgi_app(registry=metrics.registry))
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        expected = f"Bearer {token}"
+        if authorization is None or not hmac.compare_digest(authorization, expected):
+            raise HTTPException(
+                status_code=401,
+                detail="missing or wrong bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        loaded = runtime.current
+        problems = health.problems()
+        body: dict[str, Any] = {
+            "status": "ok" if not problems else "unavailable",
+            "model": loaded.classifier.version,
+            "accounts": {
+                name: {"last_ok": health.last_ok.get(name), "error": health.last_error.get(name)}
+                for name in health.intervals
+            },
+            "problems": problems,
+        }
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    @app.post("/v1/classify", dependencies=[Depends(require_token)])
+    def classify(request: ClassifyRequest) -> dict[str, Any]:
+        if not request.texts and not request.emails:
+            raise HTTPException(status_code=422, detail="give texts or emails")
+        inputs: list[str] = list(request.texts)
+        skipped: dict[int, str] = {}
+        for index, encoded in enumerate(request.emails, start=len(request.texts)):
+            try:
+                raw = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"emails[{index - len(request.texts)}] is not valid base64",
+                ) from None
+            extracted = email_to_text(raw)
+            if extracted.skipped:
+                skipped[index] = extracted.skip_reason or "skipped"
+            inputs.append(extracted.text)
+        classifier = runtime.current.classifier
+        keep = [i for i in range(len(inputs)) if i not in skipped]
+        predictions = classifier.predict([inputs[i] for i in keep])
+        by_index = dict(zip(keep, predictions, strict=True))
+        results: list[dict[str, Any]] = []
+        for i in range(len(inputs)):
+            if i in skipped:
+                results.append({"skipped": skipped[i]})
+                continue
+            out = by_index[i].to_json()
+            out["top_k"] = out["top_k"][: request.top_k]
+            results.append(out)
+        return {"model": classifier.version, "predictions": results}
+
+    return app
+
+
+def serve_in_thread(
+    app: FastAPI, settings: Settings, on_error: Callable[[BaseException], None]
+) -> Any:
+    """Start uvicorn in a daemon thread; return the server (call ``should_exit = True``)."""
+    import threading
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=settings.http.host,
+        port=settings.http.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+
+    def run() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # surfaced by the service
+            on_error(exc)
+
+    thread = threading.Thread(target=run, name="cleaninbox-http", daemon=True)
+    thread.start()
+    return server

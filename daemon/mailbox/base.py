@@ -1,0 +1,120 @@
+"""The interface every mailbox backend implements (IMAP, Maildir; Gmail later).
+
+Folder names are given as in the rules file, with ``/`` as the hierarchy separator; each
+backend maps them to its own separator. UIDs are per folder and only meaningful together
+with the folder's UIDVALIDITY.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highestmodseq: int | None = None
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    raw: bytes  # at most the backend's fetch cap
+    size: int  # the full size on the server
+    flags: tuple[str, ...] = ()
+    internal_date: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.raw) < self.size
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    move: bool
+    uidplus: bool
+    condstore: bool
+    keywords: bool  # can store arbitrary keywords
+    names: frozenset[str] = field(default_factory=frozenset)
+
+
+class Mailbox(ABC):
+    """One account's message store. Not thread-safe: one cycle at a time uses it."""
+
+    account: str
+    #: Dry runs select folders read-only (IMAP EXAMINE): not even \Recent changes.
+    read_only: bool = False
+
+    @abstractmethod
+    def open(self) -> None:
+        """Connect and authenticate (a no-op when already open and alive)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    def list_folders(self) -> list[str]: ...
+
+    @abstractmethod
+    def folder_exists(self, folder: str) -> bool: ...
+
+    @abstractmethod
+    def ensure_folder(self, folder: str) -> None: ...
+
+    @abstractmethod
+    def select(self, folder: str) -> FolderStatus:
+        """Select ``folder`` read-write and return its status."""
+
+    @abstractmethod
+    def status(self, folder: str) -> FolderStatus:
+        """Status of ``folder`` without selecting it."""
+
+    @abstractmethod
+    def uids_above(self, folder: str, uid: int) -> list[int]:
+        """UIDs greater than ``uid`` in ``folder``, ascending."""
+
+    @abstractmethod
+    def uids_since(self, folder: str, since: str | None) -> list[int]:
+        """UIDs of messages delivered on/after the date ``since`` (YYYY-MM-DD), or all."""
+
+    @abstractmethod
+    def fetch(self, folder: str, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
+        """Messages (at most ``max_bytes`` each), never marking them read. Vanished UIDs
+        are simply absent from the result."""
+
+    @abstractmethod
+    def message_ids(self, folder: str, uids: Sequence[int]) -> dict[int, str | None]:
+        """Message-ID header of each existing UID."""
+
+    @abstractmethod
+    def find_message_id(self, folder: str, message_id: str) -> list[int]:
+        """UIDs in ``folder`` whose Message-ID header equals ``message_id``."""
+
+    @abstractmethod
+    def add_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
+        """Add flags/keywords (``\\Flagged``, ``\\Seen``, ``$intent_x``)."""
+
+    @abstractmethod
+    def remove_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def copy(self, folder: str, uids: Sequence[int], destination: str) -> None: ...
+
+    @abstractmethod
+    def move(self, folder: str, uids: Sequence[int], destination: str) -> None:
+        """Move messages; never removes any other message from ``folder``."""
+
+    @abstractmethod
+    def delete(self, folder: str, uids: Sequence[int]) -> None:
+        """Remove exactly these UIDs (STORE \\Deleted + UID EXPUNGE; never plain EXPUNGE)."""
+
+    @abstractmethod
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None: ...

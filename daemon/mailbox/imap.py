@@ -1,0 +1,390 @@
+"""IMAP backend (imapclient): UID commands only, BODY.PEEK, partial fetches, MOVE or
+COPY + STORE \\Deleted + UID EXPUNGE where MOVE is missing, CONDSTORE when offered.
+
+Plain EXPUNGE is never sent: it would also remove messages another client marked
+\\Deleted.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+import structlog
+from imapclient import IMAPClient
+from imapclient import exceptions as imap_exc
+
+from daemon.errors import ConfigError, ConnectionLostError, MailboxError
+from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Mailbox
+from daemon.settings import Account
+
+log = structlog.get_logger("cleaninbox.imap")
+T = TypeVar("T")
+CHUNK = 500  # UIDs per command
+
+
+def _chunks(uids: Sequence[int], size: int = CHUNK) -> Iterator[list[int]]:
+    for start in range(0, len(uids), size):
+        yield list(uids[start : start + size])
+
+
+def ssl_context(account: Account) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(
+            cafile=str(account.ca_file) if account.ca_file else None
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"account {account.name}: cannot load ca_file {account.ca_file}: {exc}"
+        ) from exc
+    if not account.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def describe_error(account: Account, exc: BaseException) -> str:
+    where = f"{account.host}:{account.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate of {where} failed verification ({exc.verify_message}); "
+            "set ca_file to trust a private CA"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host {account.host!r}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection to {where} refused"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"{where} did not answer within {account.timeout:g} s"
+    if isinstance(exc, imap_exc.LoginError):
+        return f"login to {where} as {account.username} failed (check username and password)"
+    if isinstance(exc, imap_exc.IMAPClientAbortError | ConnectionError | EOFError):
+        return f"connection to {where} was lost: {exc or type(exc).__name__}"
+    return f"{where}: {type(exc).__name__}: {exc}"
+
+
+class ImapMailbox(Mailbox):
+    def __init__(self, account: Account, *, on_command: Callable[[str], None] | None = None):
+        if account.host is None or account.port is None:
+            raise ConfigError(f"account {account.name}: host is required for IMAP")
+        self.account = account.name
+        self.settings = account
+        self._client: IMAPClient | None = None
+        self._caps: Capabilities | None = None
+        self._delimiter = "/"
+        self._selected: str | None = None
+        self._selected_read_only = False
+        self._on_command = on_command
+        self._permanent_keywords = True
+
+    # -- connection ------------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn library/socket errors into MailboxError and drop a broken connection."""
+        try:
+            yield
+        except MailboxError:
+            raise
+        except imap_exc.IMAPClientError as exc:
+            if isinstance(exc, imap_exc.IMAPClientAbortError):
+                self._drop()
+                raise ConnectionLostError(
+                    f"account {self.account}: {what}: {describe_error(self.settings, exc)}"
+                ) from exc
+            raise MailboxError(
+                f"account {self.account}: {what}: {describe_error(self.settings, exc)}"
+            ) from exc
+        except (OSError, EOFError, ssl.SSLError) as exc:
+            self._drop()
+            raise ConnectionLostError(
+                f"account {self.account}: {what}: {describe_error(self.settings, exc)}"
+            ) from exc
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        self._selected = None
+        if client is not None:
+            with suppress(Exception):
+                client.shutdown()
+
+    def _cmd(self, name: str) -> IMAPClient:
+        if self._client is None:
+            raise MailboxError(f"account {self.account}: not connected")
+        if self._on_command is not None:
+            self._on_command(name)
+        return self._client
+
+    def open(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.noop()
+                return
+            except Exception:
+                self._drop()
+        account = self.settings
+        context = ssl_context(account) if account.tls != "none" else None
+        with self._guard("connect"):
+            client = IMAPClient(
+                account.host or "",
+                port=account.port,
+                ssl=account.tls == "implicit",
+                ssl_context=context,
+                timeout=account.timeout,
+            )
+            try:
+                if account.tls == "starttls":
+                    client.starttls(context)
+                client.login(account.username or "", account.password().get_secret_value())
+                caps = {
+                    c.decode().upper() if isinstance(c, bytes) else str(c).upper()
+                    for c in client.capabilities()
+                }
+                if "CONDSTORE" in caps and "ENABLE" in caps:
+                    client.enable("CONDSTORE")
+                listing = client.list_folders("", "")
+                if listing and listing[0][1]:
+                    delim = listing[0][1]
+                    self._delimiter = delim.decode() if isinstance(delim, bytes) else str(delim)
+            except BaseException:
+                with suppress(Exception):
+                    client.shutdown()
+                raise
+        self._client = client
+        self._selected = None
+        self._caps = Capabilities(
+            move="MOVE" in caps,
+            uidplus="UIDPLUS" in caps,
+            condstore="CONDSTORE" in caps,
+            keywords=True,
+            names=frozenset(caps),
+        )
+        log.debug("imap_connected", account=self.account, capabilities=sorted(caps))
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        self._selected = None
+        if client is not None:
+            try:
+                client.logout()
+            except Exception:
+                with suppress(Exception):
+                    client.shutdown()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._caps is None:
+            raise MailboxError(f"account {self.account}: not connected")
+        return self._caps
+
+    # -- folders ---------------------------------------------------------------------------
+
+    def _name(self, folder: str) -> str:
+        """Rules use '/', the server may use another hierarchy delimiter."""
+        if folder.upper() == "INBOX" or self._delimiter == "/":
+            return folder
+        return folder.replace("/", self._delimiter)
+
+    def list_folders(self) -> list[str]:
+        with self._guard("LIST"):
+            rows = self._cmd("LIST").list_folders()
+        return [
+            str(name).replace(self._delimiter, "/") if self._delimiter != "/" else str(name)
+            for _flags, _delim, name in rows
+        ]
+
+    def folder_exists(self, folder: str) -> bool:
+        with self._guard(f"LIST {folder}"):
+            return bool(self._cmd("LIST").folder_exists(self._name(folder)))
+
+    def ensure_folder(self, folder: str) -> None:
+        if self.folder_exists(folder):
+            return
+        with self._guard(f"CREATE {folder}"):
+            try:
+                self._cmd("CREATE").create_folder(self._name(folder))
+            except imap_exc.IMAPClientError:
+                if not self._cmd("LIST").folder_exists(self._name(folder)):
+                    raise
+            with suppress(imap_exc.IMAPClientError):
+                self._cmd("SUBSCRIBE").subscribe_folder(self._name(folder))
+        log.info("folder_created", account=self.account, folder=folder)
+
+    def select(self, folder: str) -> FolderStatus:
+        with self._guard(f"SELECT {folder}"):
+            try:
+                info = self._cmd("SELECT").select_folder(
+                    self._name(folder), readonly=self.read_only
+                )
+            except imap_exc.IMAPClientError as exc:
+                raise MailboxError(
+                    f"account {self.account}: cannot select folder {folder!r}: {exc}"
+                ) from exc
+        self._selected = folder
+        self._selected_read_only = self.read_only
+        flags = info.get(b"PERMANENTFLAGS", ())
+        self._permanent_keywords = any(f in (b"\\*", "\\*") for f in flags) if flags else True
+        return FolderStatus(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(info.get(b"UIDNEXT", 0)),
+            exists=int(info.get(b"EXISTS", 0)),
+            highestmodseq=int(info[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in info else None,
+        )
+
+    def status(self, folder: str) -> FolderStatus:
+        with self._guard(f"STATUS {folder}"):
+            info = self._cmd("STATUS").folder_status(
+                self._name(folder), ["UIDVALIDITY", "UIDNEXT", "MESSAGES"]
+            )
+        return FolderStatus(
+            uidvalidity=int(info[b"UIDVALIDITY"]),
+            uidnext=int(info[b"UIDNEXT"]),
+            exists=int(info[b"MESSAGES"]),
+        )
+
+    def _ensure_selected(self, folder: str) -> IMAPClient:
+        if self._selected != folder or self._selected_read_only != self.read_only:
+            self.select(folder)
+        assert self._client is not None
+        return self._client
+
+    # -- messages --------------------------------------------------------------------------
+
+    def uids_above(self, folder: str, uid: int) -> list[int]:
+        self._ensure_selected(folder)
+        with self._guard("UID SEARCH"):
+            found = self._cmd("UID SEARCH").search(["UID", f"{uid + 1}:*"])
+        return sorted(int(u) for u in found if int(u) > uid)
+
+    def uids_since(self, folder: str, since: str | None) -> list[int]:
+        self._ensure_selected(folder)
+        criteria: list[Any] = ["ALL"] if since is None else ["SINCE", date.fromisoformat(since)]
+        with self._guard("UID SEARCH"):
+            return sorted(int(u) for u in self._cmd("UID SEARCH").search(criteria))
+
+    def fetch(self, folder: str, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
+        self._ensure_selected(folder)
+        out: list[FetchedMessage] = []
+        section = f"BODY.PEEK[]<0.{max_bytes}>"
+        for chunk in _chunks(uids):
+            with self._guard("UID FETCH"):
+                data = self._cmd("UID FETCH").fetch(
+                    chunk, [section, "RFC822.SIZE", "FLAGS", "INTERNALDATE"]
+                )
+            for uid in chunk:
+                item = data.get(uid)
+                if item is None:
+                    continue  # expunged meanwhile
+                raw = item.get(b"BODY[]<0>")
+                if raw is None:
+                    raw = item.get(b"BODY[]", b"")
+                when = item.get(b"INTERNALDATE")
+                out.append(
+                    FetchedMessage(
+                        uid=uid,
+                        raw=bytes(raw or b""),
+                        size=int(item.get(b"RFC822.SIZE", len(raw or b""))),
+                        flags=tuple(
+                            f.decode() if isinstance(f, bytes) else str(f)
+                            for f in item.get(b"FLAGS", ())
+                        ),
+                        internal_date=when.isoformat() if isinstance(when, datetime) else None,
+                    )
+                )
+        return out
+
+    def message_ids(self, folder: str, uids: Sequence[int]) -> dict[int, str | None]:
+        self._ensure_selected(folder)
+        out: dict[int, str | None] = {}
+        for chunk in _chunks(uids):
+            with self._guard("UID FETCH"):
+                data = self._cmd("UID FETCH").fetch(
+                    chunk, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]
+                )
+            for uid, item in data.items():
+                raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
+                parsed = email.message_from_bytes(raw or b"", policy=email.policy.compat32)
+                value = parsed.get("Message-ID")
+                out[int(uid)] = " ".join(str(value).split()) if value else None
+        return out
+
+    def find_message_id(self, folder: str, message_id: str) -> list[int]:
+        self._ensure_selected(folder)
+        with self._guard("UID SEARCH"):
+            candidates = self._cmd("UID SEARCH").search(["HEADER", "Message-ID", message_id])
+        if not candidates:
+            return []
+        exact = self.message_ids(folder, sorted(int(u) for u in candidates))
+        return sorted(uid for uid, mid in exact.items() if mid == message_id)
+
+    def add_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
+        if not uids or not flags:
+            return
+        self._ensure_selected(folder)
+        if not self._permanent_keywords and any(not f.startswith("\\") for f in flags):
+            raise MailboxError(
+                f"account {self.account}: folder {folder!r} does not accept new keywords "
+                "(PERMANENTFLAGS lacks \\*)"
+            )
+        for chunk in _chunks(uids):
+            with self._guard("UID STORE"):
+                self._cmd("UID STORE").add_flags(chunk, list(flags), silent=True)
+
+    def remove_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
+        if not uids or not flags:
+            return
+        self._ensure_selected(folder)
+        for chunk in _chunks(uids):
+            with self._guard("UID STORE"):
+                self._cmd("UID STORE").remove_flags(chunk, list(flags), silent=True)
+
+    def copy(self, folder: str, uids: Sequence[int], destination: str) -> None:
+        if not uids:
+            return
+        self._ensure_selected(folder)
+        for chunk in _chunks(uids):
+            with self._guard(f"UID COPY to {destination}"):
+                self._cmd("UID COPY").copy(chunk, self._name(destination))
+
+    def move(self, folder: str, uids: Sequence[int], destination: str) -> None:
+        if not uids:
+            return
+        self._ensure_selected(folder)
+        if self.capabilities.move:
+            for chunk in _chunks(uids):
+                with self._guard(f"UID MOVE to {destination}"):
+                    self._cmd("UID MOVE").move(chunk, self._name(destination))
+            return
+        self.copy(folder, uids, destination)
+        self.delete(folder, uids)
+
+    def delete(self, folder: str, uids: Sequence[int]) -> None:
+        if not uids:
+            return
+        self._ensure_selected(folder)
+        self.add_flags(folder, uids, ["\\Deleted"])
+        if not self.capabilities.uidplus:
+            log.warning(
+                "expunge_left_to_client",
+                account=self.account,
+                folder=folder,
+                uids=list(uids),
+                reason="server lacks UIDPLUS; plain EXPUNGE could remove other clients' "
+                "messages, so the source copies stay marked \\Deleted",
+            )
+            return
+        for chunk in _chunks(uids):
+            with self._guard("UID EXPUNGE"):
+                self._cmd("UID EXPUNGE").uid_expunge(chunk)
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
+        with self._guard(f"APPEND to {folder}"):
+            self._cmd("APPEND").append(self._name(folder), raw, flags=list(flags))

@@ -1,0 +1,115 @@
+"""Every Prometheus metric CleanInbox exports, in one place (registry injectable for tests).
+
+Names use the ``cleaninbox_`` prefix, ``_total`` for counters and seconds for durations.
+The Grafana dashboard (deploy/grafana) queries only these names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+STAGES = ("fetch", "parse", "classify", "act", "state")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "cleaninbox_messages_processed_total",
+            "Messages decided, by predicted intent and resulting action.",
+            ["account", "intent", "action"],
+            registry=r,
+        )
+        self.abstentions = Counter(
+            "cleaninbox_abstentions_total",
+            "Messages on which the model abstained (confidence below threshold).",
+            ["account"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "cleaninbox_messages_skipped_total",
+            "Messages left alone without a classification, by reason.",
+            ["account", "reason"],
+            registry=r,
+        )
+        self.actions = Counter(
+            "cleaninbox_actions_total",
+            "Server-side actions applied (move, copy, keyword, flag, mark_read).",
+            ["account", "action"],
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "cleaninbox_confidence",
+            "Calibrated confidence of each classification.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "cleaninbox_inference_seconds",
+            "Model inference time per message (batch time / batch size).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_batch = Histogram(
+            "cleaninbox_inference_batch_seconds",
+            "Model inference time per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cycle = Histogram(
+            "cleaninbox_cycle_seconds",
+            "Duration of one triage cycle over an account.",
+            ["account"],
+            buckets=CYCLE_BUCKETS,
+            registry=r,
+        )
+        self.stage = Counter(
+            "cleaninbox_stage_seconds_total",
+            "Time spent per pipeline stage (fetch, parse, classify, act, state).",
+            ["stage"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "cleaninbox_cycle_errors_total",
+            "Failed cycles and failed actions, by kind.",
+            ["account", "kind"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "cleaninbox_last_successful_cycle_timestamp_seconds",
+            "Unix time of the last successful cycle.",
+            ["account"],
+            registry=r,
+        )
+        self.connection = Gauge(
+            "cleaninbox_connection_up",
+            "1 when the last connection attempt to the account succeeded.",
+            ["account"],
+            registry=r,
+        )
+        self.reconciled = Counter(
+            "cleaninbox_reconciled_total",
+            "Pending decisions found at start-up or after a failure, by outcome.",
+            ["account", "outcome"],
+            registry=r,
+        )
+        self.model = Info(
+            "cleaninbox_model",
+            "The model bundle in service.",
+            registry=r,
+        )
+        self.model_loaded = Gauge(
+            "cleaninbox_model_loaded_timestamp_seconds",
+            "Unix time the current model bundle was loaded.",
+            registry=r,
+        )
+        for stage in STAGES:
+            self.stage.labels(stage)
+
+    def set_model(self, version: str, base_model: str, text_recipe: str, loaded_at: float) -> None:
+        self.model.info({"version": version, "base_model": base_model, "text_recipe": text_recipe})
+        self.model_loaded.set(loaded_at)

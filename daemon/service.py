@@ -1,0 +1,217 @@
+"""The long-running service: one APScheduler interval job per account, HTTP, signals.
+
+SIGTERM/SIGINT: stop taking new batches, finish the one in hand, exit 0.
+SIGHUP: reload rules and model (the running pair stays if the new one is invalid).
+A new ``models/current`` is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import FrameType
+
+import stamina
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry
+
+from daemon.errors import ConnectionLostError, MailboxError
+from daemon.http import Health, create_app, serve_in_thread
+from daemon.mailbox import Mailbox, open_mailbox
+from daemon.metrics import Metrics
+from daemon.runtime import Runtime
+from daemon.settings import Account, Settings
+from daemon.state import StateStore
+from daemon.triage import CycleReport, Mode, Triage
+
+log = structlog.get_logger("cleaninbox.service")
+MAX_BACKOFF = 900.0
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        dry_run: bool | None = None,
+        mailbox_factory: Callable[[Account], Mailbox] = open_mailbox,
+    ) -> None:
+        self.settings = settings
+        self.dry_run = settings.dry_run if dry_run is None else dry_run
+        self.stop = threading.Event()
+        self.metrics = Metrics(registry)
+        self.runtime = Runtime(settings, self.metrics)
+        self.store = StateStore(settings.state)
+        self.triage = Triage(self.runtime, self.store, self.metrics, stop=self.stop)
+        self.mailboxes = {a.name: mailbox_factory(a) for a in settings.accounts}
+        self.health = Health(intervals={a.name: settings.interval(a) for a in settings.accounts})
+        self._backoff = {a.name: _Backoff() for a in settings.accounts}
+        self._locks = {a.name: threading.Lock() for a in settings.accounts}
+        self.scheduler: BackgroundScheduler | None = None
+
+    # -- one account -----------------------------------------------------------------------
+
+    def cycle(
+        self, name: str, mode: Mode | None = None, progress: Callable[[int], None] | None = None
+    ) -> CycleReport:
+        """One cycle over one account, retrying a lost connection a few times."""
+        account = self.settings.account(name)
+        mailbox = self.mailboxes[name]
+        mode = mode or Mode(dry_run=self.dry_run)
+        with self._locks[name]:
+            for attempt in stamina.retry_context(
+                on=ConnectionLostError, attempts=3, wait_initial=0.5, wait_max=5.0, timeout=60.0
+            ):
+                with attempt:
+                    if self.stop.is_set():
+                        return CycleReport(name, error="stopped")
+                    return self.triage.cycle(account, mailbox, mode, progress)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _job(self, name: str) -> None:
+        if self.stop.is_set():
+            return
+        self.runtime.check_for_new_model()
+        try:
+            report = self.cycle(name)
+        except MailboxError as exc:
+            self.health.failed(name, str(exc))
+            self._schedule_backoff(name, exc)
+            return
+        except Exception as exc:  # a bug must not kill the scheduler thread
+            self.health.failed(name, f"{type(exc).__name__}: {exc}")
+            self.metrics.errors.labels(name, "internal").inc()
+            log.exception("cycle_crashed", account=name)
+            self._schedule_backoff(name, exc)
+            return
+        self._backoff[name].failures = 0
+        self.health.ok(name)
+        log.info(
+            "cycle",
+            account=name,
+            new=report.new,
+            acted=report.acted,
+            abstained=report.abstained,
+            skipped=report.skipped,
+            failed=report.failed,
+            reconciled=report.reconciled,
+            seconds=round(report.seconds, 3),
+        )
+
+    def _schedule_backoff(self, name: str, exc: BaseException) -> None:
+        state = self._backoff[name]
+        state.failures += 1
+        interval = self.settings.interval(self.settings.account(name))
+        delay = min(MAX_BACKOFF, interval * 2 ** min(state.failures - 1, 10))
+        delay *= random.uniform(0.8, 1.2)
+        log.error(
+            "cycle_failed",
+            account=name,
+            error=str(exc),
+            failures=state.failures,
+            retry_in_seconds=round(delay, 1),
+        )
+        if self.scheduler is not None and not self.stop.is_set():
+            self.scheduler.modify_job(
+                name, next_run_time=datetime.now().astimezone() + timedelta(seconds=delay)
+            )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def once(self, mode: Mode | None = None) -> dict[str, CycleReport]:
+        """One cycle over every account; errors are reported per account."""
+        reports = {}
+        for account in self.settings.accounts:
+            try:
+                reports[account.name] = self.cycle(account.name, mode)
+            except MailboxError as exc:
+                reports[account.name] = CycleReport(account.name, error=str(exc))
+                log.error("cycle_failed", account=account.name, error=str(exc))
+        return reports
+
+    def _signals(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            self.stop.set()
+
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            threading.Thread(target=self.runtime.reload, args=("SIGHUP",), daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the exit status."""
+        self._signals()
+        server = None
+        http_error: list[BaseException] = []
+        if self.settings.http.enabled:
+            token = self.settings.http.token()
+            app = create_app(
+                self.settings,
+                self.runtime,
+                self.metrics,
+                self.health,
+                token.get_secret_value() if token else None,
+            )
+            server = serve_in_thread(app, self.settings, http_error.append)
+        scheduler = BackgroundScheduler(
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        )
+        self.scheduler = scheduler
+        now = datetime.now().astimezone()
+        for account in self.settings.accounts:
+            scheduler.add_job(
+                self._job,
+                "interval",
+                args=[account.name],
+                id=account.name,
+                seconds=self.settings.interval(account),
+                jitter=self.settings.jitter or None,
+                next_run_time=now,
+            )
+        scheduler.add_job(
+            self.runtime.check_for_new_model, "interval", seconds=10, id="model-watch"
+        )
+        scheduler.start()
+        log.info(
+            "started",
+            accounts=[a.name for a in self.settings.accounts],
+            model=self.runtime.current.classifier.version,
+            dry_run=self.dry_run,
+            http=self.settings.http.listen if self.settings.http.enabled else None,
+        )
+        status = 0
+        while not self.stop.wait(0.5):
+            if http_error:
+                log.error("http_failed", error=str(http_error[0]))
+                status = 1
+                self.stop.set()
+        log.info("stopping", reason="signal" if status == 0 else "error")
+        scheduler.shutdown(wait=True)
+        if server is not None:
+            server.should_exit = True
+        self.close()
+        log.info("stopped")
+        time.sleep(0)  # let log lines flush in order
+        return status
+
+    def close(self) -> None:
+        for mailbox in self.mailboxes.values():
+            with contextlib.suppress(Exception):
+                mailbox.close()
+        self.store.close()

@@ -1,0 +1,234 @@
+"""Daemon settings: a YAML file (``--config``, default ``./cleaninbox.yaml``) plus
+``CLEANINBOX_*`` environment variables (nested with ``__``). Unknown keys are errors.
+
+``configs/cleaninbox.example.yaml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from daemon.errors import ConfigError
+from daemon.yaml_settings import YamlSettings
+
+DEFAULT_CONFIG = Path("cleaninbox.yaml")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Account(_Strict):
+    """One mailbox to watch."""
+
+    name: str = Field(description="Unique name, used in state, logs and metrics.")
+    kind: Literal["imap", "maildir"] = Field(
+        default="imap", description="imap: any IMAP server; maildir: a local Maildir++ tree."
+    )
+    # IMAP
+    host: str | None = Field(default=None, description="IMAP server host name.")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="Default 993 for tls: implicit, else 143."
+    )
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    tls_verify: bool = Field(default=True, description="Verify the server certificate.")
+    ca_file: Path | None = Field(default=None, description="Extra CA bundle (PEM) to trust.")
+    allow_plaintext: bool = Field(
+        default=False, description="Permit tls: none; only ever to a loopback host."
+    )
+    username: str | None = None
+    password_env: str | None = Field(default=None, description="Env var holding the password.")
+    password_file: Path | None = Field(default=None, description="File holding the password.")
+    timeout: float = Field(default=30.0, gt=0, description="Socket timeout, seconds.")
+    # Maildir
+    path: Path | None = Field(default=None, description="Maildir root (kind: maildir).")
+    # Both
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"], min_length=1)
+    poll_interval: float | None = Field(
+        default=None, gt=0, description="Seconds between cycles; default: top-level value."
+    )
+    fetch_max_bytes: int = Field(
+        default=256 * 1024, ge=4096, description="Fetch at most this much of each message."
+    )
+    batch_size: int = Field(default=50, ge=1, le=1000, description="Messages per fetch batch.")
+    feedback: bool = Field(
+        default=False, description="Store model input texts (needed to learn from corrections)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' or '-' (at most 64)")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Account:
+        if self.kind == "imap":
+            if not self.host:
+                raise ValueError("host is required for kind: imap")
+            if not self.username:
+                raise ValueError("username is required for kind: imap")
+            if bool(self.password_env) == bool(self.password_file):
+                raise ValueError("give exactly one of password_env or password_file")
+            if self.tls == "none":
+                if not self.allow_plaintext:
+                    raise ValueError(
+                        "tls: none sends the password in clear; set allow_plaintext: true "
+                        "(only permitted for a loopback host)"
+                    )
+                if not is_loopback(self.host):
+                    raise ValueError(
+                        f"tls: none is only permitted to a loopback host, not {self.host}"
+                    )
+            if self.port is None:
+                self.port = 993 if self.tls == "implicit" else 143
+        elif self.path is None:
+            raise ValueError("path is required for kind: maildir")
+        return self
+
+    def password(self) -> SecretStr:
+        """Read the password from its env var or file (never stored in settings dumps)."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"account {self.name}: environment variable {self.password_env} is not set"
+                )
+            return SecretStr(value)
+        if self.password_file:
+            try:
+                return SecretStr(self.password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+            except OSError as exc:
+                raise ConfigError(
+                    f"account {self.name}: cannot read password_file {self.password_file}: "
+                    f"{exc.strerror}"
+                ) from exc
+        raise ConfigError(f"account {self.name}: no password configured")
+
+
+class HttpSettings(_Strict):
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:9464", description="host:port for /metrics etc.")
+    token_env: str | None = Field(
+        default=None, description="Env var with a bearer token required by POST /v1/classify."
+    )
+    token_file: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9464")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def token(self) -> SecretStr | None:
+        if self.token_env:
+            value = os.environ.get(self.token_env)
+            if not value:
+                raise ConfigError(
+                    f"http.token_env: environment variable {self.token_env} is not set"
+                )
+            return SecretStr(value)
+        if self.token_file:
+            try:
+                return SecretStr(self.token_file.read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ConfigError(f"http.token_file {self.token_file}: {exc.strerror}") from exc
+        return None
+
+
+class ClassifierSettings(_Strict):
+    threads: int | None = Field(default=None, ge=1, description="onnxruntime intra-op threads.")
+    batch_size: int = Field(default=32, ge=1, le=512)
+    abstain_threshold: float | None = Field(
+        default=None, ge=0, le=1, description="Override the bundle's recommended threshold."
+    )
+
+
+class Settings(YamlSettings):
+    """Top-level daemon settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLEANINBOX_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        protected_namespaces=(),
+    )
+
+    model: Path = Field(default=Path("models/current"), description="Model bundle directory.")
+    rules: Path = Field(default=Path("rules.yaml"), description="Rules file.")
+    state: Path = Field(default=Path("var/state.db"), description="SQLite state database.")
+    dry_run: bool = Field(default=False, description="Decide and log, change nothing.")
+    poll_interval: float = Field(default=60.0, gt=0, description="Default seconds per cycle.")
+    jitter: float = Field(default=5.0, ge=0, description="Random delay added to each cycle.")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    http: HttpSettings = HttpSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    accounts: list[Account] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_accounts(self) -> Settings:
+        seen: set[str] = set()
+        for account in self.accounts:
+            if account.name in seen:
+                raise ValueError(f"account name {account.name!r} is used twice")
+            seen.add(account.name)
+        return self
+
+    def account(self, name: str) -> Account:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        known = ", ".join(a.name for a in self.accounts) or "none"
+        raise ConfigError(f"no account named {name!r} (accounts: {known})")
+
+    def interval(self, account: Account) -> float:
+        return account.poll_interval or self.poll_interval
+
+
+def load_settings(path: Path | None, overrides: list[str] | None = None) -> Settings:
+    """Settings from ``path`` (``cleaninbox.yaml`` if it exists when None) and the environment."""
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    settings = Settings.load(path, overrides, what="settings")
+    if path is not None:
+        # Relative paths in the file are relative to the file, not to the working directory.
+        base = path.resolve().parent
+        for field in ("model", "rules", "state"):
+            value: Path = getattr(settings, field)
+            if not value.is_absolute():
+                setattr(settings, field, base / value)
+        for account in settings.accounts:
+            for field in ("path", "password_file", "ca_file"):
+                value_opt: Path | None = getattr(account, field)
+                if value_opt is not None and not value_opt.is_absolute():
+                    setattr(account, field, base / value_opt)
+    return settings

@@ -1,0 +1,528 @@
+"""The state store: SQLite in WAL mode, versioned migrations, a single-instance lock.
+
+Per account/folder it keeps UIDVALIDITY and the high-water UID; the ``decisions`` table
+is the audit log and the write-ahead journal: a decision is committed as ``pending``
+**before** the server is touched, and marked ``done`` (or ``failed``) after.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from daemon.errors import StateError
+
+Status = Literal["pending", "done", "skipped", "failed", "undone"]
+
+MIGRATIONS: list[str] = [
+    # 1: folders and decisions
+    """
+    CREATE TABLE folders (
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        high_water INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (account, folder)
+    );
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL DEFAULT 'triage',
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        message_id TEXT,
+        size INTEGER,
+        internal_date TEXT,
+        intent TEXT,
+        confidence REAL,
+        abstain INTEGER,
+        top_k TEXT,
+        model_version TEXT,
+        rule TEXT,
+        action TEXT,
+        plan TEXT,
+        destination TEXT,
+        dest_uidnext INTEGER,
+        status TEXT NOT NULL,
+        reason TEXT,
+        text TEXT,
+        undo_of INTEGER REFERENCES decisions(id),
+        created_at TEXT NOT NULL,
+        done_at TEXT
+    );
+    CREATE UNIQUE INDEX decisions_message
+        ON decisions(account, folder, uidvalidity, uid) WHERE kind = 'triage';
+    CREATE INDEX decisions_status ON decisions(status);
+    CREATE INDEX decisions_created ON decisions(created_at);
+    CREATE INDEX decisions_message_id ON decisions(message_id);
+    """,
+]
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class FolderState:
+    account: str
+    folder: str
+    uidvalidity: int
+    high_water: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    id: int
+    kind: str
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+    message_id: str | None
+    size: int | None
+    internal_date: str | None
+    intent: str | None
+    confidence: float | None
+    abstain: bool | None
+    top_k: list[list[Any]] | None
+    model_version: str | None
+    rule: str | None
+    action: str | None
+    plan: dict[str, Any] | None
+    destination: str | None
+    dest_uidnext: int | None
+    status: str
+    reason: str | None
+    text: str | None
+    undo_of: int | None
+    created_at: str
+    done_at: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "account": self.account,
+            "folder": self.folder,
+            "uidvalidity": self.uidvalidity,
+            "uid": self.uid,
+            "message_id": self.message_id,
+            "intent": self.intent,
+            "confidence": self.confidence,
+            "abstain": self.abstain,
+            "top_k": self.top_k,
+            "model_version": self.model_version,
+            "rule": self.rule,
+            "action": self.action,
+            "destination": self.destination,
+            "status": self.status,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "done_at": self.done_at,
+            "undo_of": self.undo_of,
+        }
+
+
+@dataclass(frozen=True)
+class NewDecision:
+    """What the cycle records before it acts."""
+
+    kind: str
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+    message_id: str | None
+    size: int | None
+    internal_date: str | None
+    intent: str | None
+    confidence: float | None
+    abstain: bool | None
+    top_k: list[tuple[str, float]] | None
+    model_version: str | None
+    rule: str | None
+    action: str
+    plan: dict[str, Any] | None
+    destination: str | None
+    dest_uidnext: int | None
+    status: Status
+    reason: str | None = None
+    text: str | None = None
+    undo_of: int | None = None
+
+
+def _row_to_decision(row: sqlite3.Row) -> Decision:
+    return Decision(
+        id=row["id"],
+        kind=row["kind"],
+        account=row["account"],
+        folder=row["folder"],
+        uidvalidity=row["uidvalidity"],
+        uid=row["uid"],
+        message_id=row["message_id"],
+        size=row["size"],
+        internal_date=row["internal_date"],
+        intent=row["intent"],
+        confidence=row["confidence"],
+        abstain=None if row["abstain"] is None else bool(row["abstain"]),
+        top_k=json.loads(row["top_k"]) if row["top_k"] else None,
+        model_version=row["model_version"],
+        rule=row["rule"],
+        action=row["action"],
+        plan=json.loads(row["plan"]) if row["plan"] else None,
+        destination=row["destination"],
+        dest_uidnext=row["dest_uidnext"],
+        status=row["status"],
+        reason=row["reason"],
+        text=row["text"],
+        undo_of=row["undo_of"],
+        created_at=row["created_at"],
+        done_at=row["done_at"],
+    )
+
+
+class StateStore:
+    """SQLite state. Open with :meth:`open`; use as a context manager to release the lock."""
+
+    def __init__(self, path: Path, *, read_only: bool = False, lock: bool = True) -> None:
+        self.path = path
+        self.read_only = read_only
+        self._lock_handle: Any = None
+        self._mutex = threading.RLock()  # one connection shared by the account threads
+        self.writes = 0  # state writes committed (used by the crash-test hook)
+        if lock and not read_only:
+            self._acquire_lock()
+        try:
+            self.db = self._connect()
+            if not read_only:
+                self._migrate()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            handle = lock_path.open("a+")
+        except OSError as exc:
+            raise StateError(f"state {self.path}: cannot create lock file: {exc.strerror}") from exc
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StateError(
+                f"state {self.path} is in use by {holder}; only one CleanInbox may run on it"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._lock_handle = handle
+
+    def _release_lock(self) -> None:
+        if self._lock_handle is not None:
+            try:
+                fcntl.flock(self._lock_handle.fileno(), fcntl.LOCK_UN)
+            finally:
+                self._lock_handle.close()
+                self._lock_handle = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            if not self.path.exists():
+                raise StateError(f"state {self.path} does not exist (no cycle has run yet)")
+            uri = f"file:{self.path}?mode=ro"
+        else:
+            uri = f"file:{self.path}?mode=rwc"
+        try:
+            db = sqlite3.connect(
+                uri, uri=True, timeout=10, isolation_level=None, check_same_thread=False
+            )
+            db.row_factory = sqlite3.Row
+            if not self.read_only:
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StateError(f"state {self.path}: cannot switch to WAL mode ({mode})")
+                db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state {self.path}: {self._explain(exc)}") from exc
+        return db
+
+    @staticmethod
+    def _explain(exc: sqlite3.Error) -> str:
+        text = str(exc)
+        if "readonly" in text or "read-only" in text:
+            return "the database is read-only; CleanInbox needs to write its state"
+        if "not a database" in text or "malformed" in text:
+            return f"the database is corrupt ({text}); restore it from a backup or move it away"
+        if "disk" in text and "full" in text:
+            return "the disk is full"
+        if "unable to open" in text:
+            return "cannot open the database file (missing directory or no permission)"
+        return text
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"state {self.path} has schema version {version}, newer than this CleanInbox "
+                f"({len(MIGRATIONS)}); upgrade CleanInbox"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            try:
+                with self._transaction() as db:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {number}")
+            except sqlite3.Error as exc:
+                raise StateError(
+                    f"state {self.path}: migration {number} failed: {self._explain(exc)}"
+                ) from exc
+
+    def close(self) -> None:
+        try:
+            self.db.close()
+        finally:
+            self._release_lock()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise StateError(f"state {self.path} is open read-only")
+        with self._mutex:
+            yield from self._locked_transaction()
+
+    def _locked_transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.db.in_transaction:
+                with suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+            raise StateError(f"state {self.path}: {self._explain(exc)}") from exc
+        self.writes += 1
+        hook = _write_hook
+        if hook is not None:
+            hook(self.writes)
+
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._mutex:
+            try:
+                return list(self.db.execute(query, tuple(args)).fetchall())
+            except sqlite3.Error as exc:
+                raise StateError(f"state {self.path}: {self._explain(exc)}") from exc
+
+    # -- folders ---------------------------------------------------------------------------
+
+    def folder(self, account: str, folder: str) -> FolderState | None:
+        rows = self._rows(
+            "SELECT * FROM folders WHERE account = ? AND folder = ?", (account, folder)
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return FolderState(row["account"], row["folder"], row["uidvalidity"], row["high_water"])
+
+    def set_folder(self, account: str, folder: str, uidvalidity: int, high_water: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO folders(account, folder, uidvalidity, high_water, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(account, folder) DO UPDATE SET "
+                "uidvalidity = excluded.uidvalidity, high_water = excluded.high_water, "
+                "updated_at = excluded.updated_at",
+                (account, folder, uidvalidity, high_water, utcnow()),
+            )
+
+    # -- decisions -------------------------------------------------------------------------
+
+    def record(self, decisions: Sequence[NewDecision]) -> list[int]:
+        """Insert decisions in one transaction (the write-ahead step); return their ids."""
+        ids: list[int] = []
+        if not decisions:
+            return ids
+        now = utcnow()
+        with self._transaction() as db:
+            for d in decisions:
+                cursor = db.execute(
+                    "INSERT INTO decisions(kind, account, folder, uidvalidity, uid, message_id, "
+                    "size, internal_date, intent, confidence, abstain, top_k, model_version, "
+                    "rule, action, plan, destination, dest_uidnext, status, reason, text, "
+                    "undo_of, created_at, done_at) "
+                    f"VALUES ({', '.join('?' * 24)})",
+                    (
+                        d.kind,
+                        d.account,
+                        d.folder,
+                        d.uidvalidity,
+                        d.uid,
+                        d.message_id,
+                        d.size,
+                        d.internal_date,
+                        d.intent,
+                        d.confidence,
+                        None if d.abstain is None else int(d.abstain),
+                        json.dumps(d.top_k) if d.top_k is not None else None,
+                        d.model_version,
+                        d.rule,
+                        d.action,
+                        json.dumps(d.plan) if d.plan is not None else None,
+                        d.destination,
+                        d.dest_uidnext,
+                        d.status,
+                        d.reason,
+                        d.text,
+                        d.undo_of,
+                        now,
+                        None if d.status == "pending" else now,
+                    ),
+                )
+                ids.append(int(cursor.lastrowid or 0))
+        return ids
+
+    def finish(self, ids: Sequence[int], status: Status, reason: str | None = None) -> None:
+        if not ids:
+            return
+        now = utcnow()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE decisions SET status = ?, reason = COALESCE(?, reason), done_at = ? "
+                "WHERE id = ?",
+                [(status, reason, now, i) for i in ids],
+            )
+
+    def finish_each(self, results: Sequence[tuple[int, Status, str | None]]) -> None:
+        if not results:
+            return
+        now = utcnow()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE decisions SET status = ?, reason = COALESCE(?, reason), done_at = ? "
+                "WHERE id = ?",
+                [(status, reason, now, i) for i, status, reason in results],
+            )
+
+    def known_uids(
+        self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]
+    ) -> set[int]:
+        """Which of ``uids`` already have a triage decision (any status)."""
+        found: set[int] = set()
+        for start in range(0, len(uids), 500):
+            chunk = list(uids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._rows(
+                f"SELECT uid FROM decisions WHERE kind = 'triage' AND account = ? AND folder = ? "
+                f"AND uidvalidity = ? AND uid IN ({marks})",
+                (account, folder, uidvalidity, *chunk),
+            )
+            found.update(int(r["uid"]) for r in rows)
+        return found
+
+    def pending(self, account: str | None = None) -> list[Decision]:
+        query = "SELECT * FROM decisions WHERE status = 'pending'"
+        args: tuple[Any, ...] = ()
+        if account is not None:
+            query += " AND account = ?"
+            args = (account,)
+        return [_row_to_decision(r) for r in self._rows(query + " ORDER BY id", args)]
+
+    def get(self, decision_id: int) -> Decision | None:
+        rows = self._rows("SELECT * FROM decisions WHERE id = ?", (decision_id,))
+        return _row_to_decision(rows[0]) if rows else None
+
+    def history(
+        self,
+        account: str | None = None,
+        since: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> list[Decision]:
+        clauses, args = [], []
+        if account is not None:
+            clauses.append("account = ?")
+            args.append(account)
+        if since is not None:
+            clauses.append("created_at >= ?")
+            args.append(since)
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        rows = self._rows(f"SELECT * FROM decisions{where} ORDER BY id{tail}", args)
+        return [_row_to_decision(r) for r in rows]
+
+    def undone_ids(self) -> set[int]:
+        rows = self._rows("SELECT undo_of FROM decisions WHERE kind = 'undo' AND status = 'done'")
+        return {int(r["undo_of"]) for r in rows if r["undo_of"] is not None}
+
+    def undone_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of ``message_ids`` were triaged in ``account`` and later restored by undo."""
+        found: set[str] = set()
+        for start in range(0, len(message_ids), 500):
+            chunk = list(message_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._rows(
+                "SELECT DISTINCT d.message_id FROM decisions d JOIN decisions u "
+                "ON u.undo_of = d.id AND u.kind = 'undo' AND u.status = 'done' "
+                f"WHERE d.account = ? AND d.message_id IN ({marks})",
+                (account, *chunk),
+            )
+            found.update(str(r["message_id"]) for r in rows)
+        return found
+
+    def counts(self) -> dict[str, int]:
+        rows = self._rows("SELECT status, count(*) AS n FROM decisions GROUP BY status")
+        return {r["status"]: int(r["n"]) for r in rows}
+
+
+# A test-only hook (see tests/reliability): called with the number of committed writes.
+_write_hook: Any = None
+
+
+def install_write_hook_from_env() -> None:
+    """``CLEANINBOX_TEST_KILL_AT_WRITE=N`` SIGKILLs this process after its N-th state write."""
+    target = os.environ.get("CLEANINBOX_TEST_KILL_AT_WRITE")
+    if not target:
+        return
+    limit = int(target)
+
+    def hook(writes: int) -> None:
+        if writes >= limit:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    global _write_hook
+    _write_hook = hook

@@ -1,0 +1,553 @@
+"""One triage cycle per account and watched folder (DESIGN.md section 4).
+
+1. SELECT; compare UIDVALIDITY with the stored value.
+2. UID SEARCH above the high-water mark; fetch with BODY.PEEK, size-capped.
+3. Email to text; classify in batches.
+4. Rules turn (intent, confidence, headers) into a plan.
+5. Write-ahead: commit the intended action as ``pending``; act on the server; mark done.
+6. Advance the high-water mark past messages that are decided (done, skipped or failed,
+   each with its reason). Pending records are reconciled before every cycle.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from daemon.classifier import Prediction
+from daemon.errors import ConnectionLostError, MailboxError
+from daemon.mailbox.base import FetchedMessage, Mailbox
+from daemon.metrics import Metrics
+from daemon.rules import Headers, Plan
+from daemon.runtime import Runtime
+from daemon.settings import Account
+from daemon.state import NewDecision, StateStore, Status
+from daemon.text import EmailText, email_to_text
+
+log = structlog.get_logger("cleaninbox.triage")
+
+
+@dataclass
+class CycleReport:
+    account: str
+    new: int = 0
+    decided: int = 0
+    acted: int = 0
+    abstained: int = 0
+    skipped: int = 0
+    failed: int = 0
+    reconciled: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    actions: Counter[str] = field(default_factory=Counter)
+    intents: Counter[str] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+    def merge(self, other: CycleReport) -> None:
+        for name in ("new", "decided", "acted", "abstained", "skipped", "failed", "reconciled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.actions.update(other.actions)
+        self.intents.update(other.intents)
+        self.notes += other.notes
+
+
+@dataclass(frozen=True)
+class Mode:
+    dry_run: bool = False
+    backfill: bool = False
+    since: str | None = None  # YYYY-MM-DD, backfill only
+    limit: int | None = None  # backfill only
+
+
+@dataclass
+class _Item:
+    message: FetchedMessage
+    text: EmailText
+    prediction: Prediction | None = None
+    plan: Plan | None = None
+    status: Status = "pending"
+    reason: str | None = None
+    decision_id: int = 0
+
+
+def _action_kind(plan: Plan) -> str:
+    if plan.move:
+        return "move"
+    if plan.copies:
+        return "copy"
+    if plan.keywords or plan.flag or plan.mark_read:
+        return "tag"
+    return "none"
+
+
+class Triage:
+    """Runs cycles; shared by every account (the state store serialises writes)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: StateStore,
+        metrics: Metrics,
+        *,
+        stop: threading.Event | None = None,
+        state_lock: threading.Lock | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.metrics = metrics
+        self.stop = stop or threading.Event()
+        self._state_lock = state_lock or threading.Lock()
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.stage.labels(name).inc(time.perf_counter() - started)
+
+    @contextmanager
+    def _state(self) -> Iterator[StateStore]:
+        with self._stage("state"), self._state_lock:
+            yield self.store
+
+    # -- the cycle -------------------------------------------------------------------------
+
+    def cycle(
+        self,
+        account: Account,
+        mailbox: Mailbox,
+        mode: Mode | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> CycleReport:
+        mode = mode or Mode()
+        report = CycleReport(account.name)
+        started = time.perf_counter()
+        mailbox.read_only = mode.dry_run
+        try:
+            mailbox.open()
+            self.metrics.connection.labels(account.name).set(1)
+            if not mode.dry_run:
+                report.reconciled = self.reconcile(account, mailbox)
+            for folder in account.folders:
+                if self.stop.is_set():
+                    break
+                report.merge(self._folder(account, mailbox, folder, mode, progress))
+        except MailboxError as exc:
+            kind = "connection" if isinstance(exc, ConnectionLostError) else "mailbox"
+            if isinstance(exc, ConnectionLostError):
+                self.metrics.connection.labels(account.name).set(0)
+            self.metrics.errors.labels(account.name, kind).inc()
+            report.error = str(exc)
+            raise
+        finally:
+            report.seconds = time.perf_counter() - started
+            self.metrics.cycle.labels(account.name).observe(report.seconds)
+        if not mode.dry_run:
+            self.metrics.last_success.labels(account.name).set(time.time())
+        return report
+
+    def _folder(
+        self,
+        account: Account,
+        mailbox: Mailbox,
+        folder: str,
+        mode: Mode,
+        progress: Callable[[int], None] | None,
+    ) -> CycleReport:
+        report = CycleReport(account.name)
+        with self._stage("fetch"):
+            status = mailbox.select(folder)
+        saved = self.store.folder(account.name, folder)
+        if saved is None or saved.uidvalidity != status.uidvalidity:
+            if saved is not None:
+                log.warning(
+                    "uidvalidity_changed",
+                    account=account.name,
+                    folder=folder,
+                    stored=saved.uidvalidity,
+                    server=status.uidvalidity,
+                    action="stored UIDs are void; resuming with mail that arrives from now on",
+                )
+                self.metrics.errors.labels(account.name, "uidvalidity_changed").inc()
+                report.notes.append(
+                    f"{folder}: UIDVALIDITY changed ({saved.uidvalidity} -> "
+                    f"{status.uidvalidity}); resumed at UIDNEXT"
+                )
+            else:
+                report.notes.append(f"{folder}: first start, old mail left untouched")
+            high_water = status.uidnext - 1
+            if not mode.dry_run:
+                with self._state() as store:
+                    store.set_folder(account.name, folder, status.uidvalidity, high_water)
+            if not mode.backfill:
+                return report
+        else:
+            high_water = saved.high_water
+
+        with self._stage("fetch"):
+            if mode.backfill:
+                uids = mailbox.uids_since(folder, mode.since)
+            else:
+                uids = mailbox.uids_above(folder, high_water)
+        known = self.store.known_uids(account.name, folder, status.uidvalidity, uids)
+        todo = [u for u in uids if u not in known]
+        if mode.limit is not None:
+            todo = todo[: mode.limit]
+        report.new = len(todo)
+        for start in range(0, len(todo), account.batch_size):
+            if self.stop.is_set():
+                log.info(
+                    "stopping", account=account.name, folder=folder, remaining=len(todo) - start
+                )
+                break
+            batch = todo[start : start + account.batch_size]
+            self._batch(account, mailbox, folder, status.uidvalidity, batch, mode, report)
+            if progress is not None:
+                progress(len(batch))
+            top = max(batch)
+            if not mode.dry_run and not mode.backfill and top > high_water:
+                high_water = top
+                with self._state() as store:
+                    store.set_folder(account.name, folder, status.uidvalidity, high_water)
+        else:
+            # Everything above the mark is decided (known UIDs were reconciled already).
+            top = max(uids, default=high_water)
+            if not mode.dry_run and not mode.backfill and top > high_water:
+                with self._state() as store:
+                    store.set_folder(account.name, folder, status.uidvalidity, top)
+        return report
+
+    def _batch(
+        self,
+        account: Account,
+        mailbox: Mailbox,
+        folder: str,
+        uidvalidity: int,
+        uids: Sequence[int],
+        mode: Mode,
+        report: CycleReport,
+    ) -> None:
+        loaded = self.runtime.current
+        classifier, rules = loaded.classifier, loaded.rules
+        with self._stage("fetch"):
+            messages = mailbox.fetch(folder, uids, account.fetch_max_bytes)
+        with self._stage("parse"):
+            items = [_Item(m, email_to_text(m.raw)) for m in messages]
+        restored = self._restored_message_ids(account.name, items)
+        todo: list[_Item] = []
+        for item in items:
+            if item.text.skipped:
+                item.status, item.reason = "skipped", item.text.skip_reason
+            elif item.text.message_id and item.text.message_id in restored:
+                item.status, item.reason = "skipped", "restored by undo; not triaged again"
+            else:
+                todo.append(item)
+        if todo:
+            with self._stage("classify"):
+                predictions = classifier.predict([i.text.text for i in todo])
+            per_message = classifier.last_inference_seconds / len(todo)
+            self.metrics.inference_batch.observe(classifier.last_inference_seconds)
+            for item, prediction in zip(todo, predictions, strict=True):
+                self.metrics.inference.observe(per_message)
+                item.prediction = prediction
+                headers = Headers(item.text.sender, item.text.recipients, item.text.subject)
+                item.plan = rules.decide(
+                    prediction.intent, prediction.confidence, prediction.abstain, headers
+                )
+                if item.plan.is_noop:
+                    item.status = "done"
+                    item.reason = (
+                        "abstained; left alone"
+                        if prediction.abstain
+                        else f"rule {item.plan.rule}: nothing to do"
+                    )
+
+        if mode.dry_run:
+            for item in items:
+                self._account_for(account, folder, item, classifier.version, report, dry_run=True)
+            return
+
+        # Destinations exist and their UIDNEXT is known before the intent is recorded, so
+        # reconciliation can tell our copies from older ones.
+        dest_uidnext: dict[str, int] = {}
+        acting = [i for i in items if i.status == "pending"]
+        with self._stage("act"):
+            for destination in sorted({d for i in acting for d in self._destinations(i)}):
+                mailbox.ensure_folder(destination)
+                dest_uidnext[destination] = mailbox.status(destination).uidnext
+
+        decisions = [
+            self._new_decision(account, folder, uidvalidity, item, classifier.version, dest_uidnext)
+            for item in items
+        ]
+        with self._state() as store:
+            ids = store.record(decisions)
+        for item, decision_id in zip(items, ids, strict=True):
+            item.decision_id = decision_id
+
+        if acting:
+            with self._stage("act"):
+                self._apply(account, mailbox, folder, acting)
+            with self._state() as store:
+                store.finish_each([(i.decision_id, i.status, i.reason) for i in acting])
+        for item in items:
+            self._account_for(account, folder, item, classifier.version, report, dry_run=False)
+
+    @staticmethod
+    def _destinations(item: _Item) -> list[str]:
+        assert item.plan is not None
+        return [*item.plan.copies, *([item.plan.move] if item.plan.move else [])]
+
+    def _restored_message_ids(self, account: str, items: Sequence[_Item]) -> set[str]:
+        ids = [i.text.message_id for i in items if i.text.message_id]
+        if not ids:
+            return set()
+        return self.store.undone_message_ids(account, ids)
+
+    def _new_decision(
+        self,
+        account: Account,
+        folder: str,
+        uidvalidity: int,
+        item: _Item,
+        model_version: str,
+        dest_uidnext: dict[str, int],
+    ) -> NewDecision:
+        p = item.prediction
+        plan = item.plan
+        plan_json: dict[str, Any] | None = None
+        if plan is not None:
+            plan_json = plan.to_json()
+            plan_json["flags_before"] = list(item.message.flags)
+            plan_json["dest_uidnext"] = {d: dest_uidnext.get(d) for d in self._destinations(item)}
+        return NewDecision(
+            kind="triage",
+            account=account.name,
+            folder=folder,
+            uidvalidity=uidvalidity,
+            uid=item.message.uid,
+            message_id=item.text.message_id,
+            size=item.message.size,
+            internal_date=item.message.internal_date,
+            intent=p.intent if p else None,
+            confidence=p.confidence if p else None,
+            abstain=p.abstain if p else None,
+            top_k=p.top_k if p else None,
+            model_version=model_version if p else None,
+            rule=plan.rule if plan else None,
+            action=plan.describe() if plan else "leave alone",
+            plan=plan_json,
+            destination=plan.move if plan else None,
+            dest_uidnext=dest_uidnext.get(plan.move) if plan and plan.move else None,
+            status=item.status,
+            reason=item.reason,
+            text=item.text.text if account.feedback and p else None,
+        )
+
+    def _apply(
+        self, account: Account, mailbox: Mailbox, folder: str, items: Sequence[_Item]
+    ) -> None:
+        """Apply plans in as few commands as possible: flags, then copies, then moves."""
+        steps: list[tuple[str, str, list[_Item]]] = []
+        by_flag: dict[str, list[_Item]] = defaultdict(list)
+        by_copy: dict[str, list[_Item]] = defaultdict(list)
+        by_move: dict[str, list[_Item]] = defaultdict(list)
+        for item in items:
+            assert item.plan is not None
+            for keyword in item.plan.keywords:
+                by_flag[keyword].append(item)
+            if item.plan.flag:
+                by_flag["\\Flagged"].append(item)
+            if item.plan.mark_read:
+                by_flag["\\Seen"].append(item)
+            for destination in item.plan.copies:
+                by_copy[destination].append(item)
+            if item.plan.move:
+                by_move[item.plan.move].append(item)
+        steps += [("flag", f, group) for f, group in by_flag.items()]
+        steps += [("copy", d, group) for d, group in by_copy.items()]
+        steps += [("move", d, group) for d, group in by_move.items()]
+        failed: dict[int, str] = {}
+        for kind, target, group in steps:
+            live = [i for i in group if i.message.uid not in failed]
+            if not live:
+                continue
+            uids = [i.message.uid for i in live]
+            try:
+                if kind == "flag":
+                    mailbox.add_flags(folder, uids, [target])
+                elif kind == "copy":
+                    mailbox.copy(folder, uids, target)
+                else:
+                    mailbox.move(folder, uids, target)
+            except ConnectionLostError:
+                raise  # records stay pending; reconciled on the next cycle
+            except MailboxError as exc:
+                self.metrics.errors.labels(account.name, f"action_{kind}").inc()
+                for uid in uids:
+                    failed[uid] = f"{kind} {target} failed: {exc}"
+                continue
+            action = (
+                (
+                    "keyword"
+                    if not target.startswith("\\")
+                    else "flag"
+                    if target == "\\Flagged"
+                    else "mark_read"
+                )
+                if kind == "flag"
+                else kind
+            )
+            self.metrics.actions.labels(account.name, action).inc(len(uids))
+        for item in items:
+            if item.message.uid in failed:
+                item.status, item.reason = "failed", failed[item.message.uid]
+            else:
+                item.status = "done"
+
+    def _account_for(
+        self,
+        account: Account,
+        folder: str,
+        item: _Item,
+        version: str,
+        report: CycleReport,
+        *,
+        dry_run: bool,
+    ) -> None:
+        p, plan = item.prediction, item.plan
+        report.decided += 1
+        if item.status == "skipped":
+            report.skipped += 1
+            kind = (item.reason or "unknown").split(";")[0].split(":")[0][:40]
+            if not dry_run:
+                self.metrics.skipped.labels(account.name, kind).inc()
+        elif item.status == "failed":
+            report.failed += 1
+        action = _action_kind(plan) if plan else "none"
+        if p is not None:
+            report.intents[p.intent] += 1
+            report.actions[action if item.status != "failed" else "failed"] += 1
+            if p.abstain:
+                report.abstained += 1
+            if action != "none" and item.status == "done":
+                report.acted += 1
+            if not dry_run:
+                self.metrics.messages.labels(account.name, p.intent, action).inc()
+                self.metrics.confidence.observe(p.confidence)
+                if p.abstain:
+                    self.metrics.abstentions.labels(account.name).inc()
+        log.info(
+            "decision",
+            account=account.name,
+            folder=folder,
+            uid=item.message.uid,
+            message_id=item.text.message_id,
+            intent=p.intent if p else None,
+            confidence=round(p.confidence, 4) if p else None,
+            abstain=p.abstain if p else None,
+            rule=plan.rule if plan else None,
+            action=plan.describe() if plan else "leave alone",
+            status="dry-run" if dry_run else item.status,
+            reason=item.reason,
+            model=version if p else None,
+        )
+
+    # -- reconciliation --------------------------------------------------------------------
+
+    def reconcile(self, account: Account, mailbox: Mailbox) -> int:
+        """Finish or settle every pending decision of ``account`` against the server."""
+        pending = self.store.pending(account.name)
+        for decision in pending:
+            if decision.kind != "triage":
+                outcome, reason = "interrupted", "interrupted before it finished; run it again"
+                status: Status = "failed"
+            else:
+                plan = Plan.from_json(decision.plan or {"rule": decision.rule or "?"})
+                outcome, status, reason = self._settle(mailbox, decision, plan)
+            with self._state() as store:
+                store.finish([decision.id], status, reason)
+            self.metrics.reconciled.labels(account.name, outcome).inc()
+            log.warning(
+                "reconciled",
+                account=account.name,
+                folder=decision.folder,
+                uid=decision.uid,
+                message_id=decision.message_id,
+                outcome=outcome,
+                status=status,
+                reason=reason,
+            )
+        return len(pending)
+
+    def _settle(self, mailbox: Mailbox, decision: Any, plan: Plan) -> tuple[str, Status, str]:
+        folder, mid = decision.folder, decision.message_id
+        try:
+            status = mailbox.select(folder)
+        except ConnectionLostError:
+            raise
+        except MailboxError as exc:
+            return "source_gone", "failed", f"source folder unavailable: {exc}"
+        if status.uidvalidity == decision.uidvalidity:
+            ids = mailbox.message_ids(folder, [decision.uid])
+            present_uids = (
+                [decision.uid]
+                if decision.uid in ids and (mid is None or ids[decision.uid] == mid)
+                else []
+            )
+        else:
+            present_uids = mailbox.find_message_id(folder, mid) if mid else []
+        extra: dict[str, Any] = (decision.plan or {}).get("dest_uidnext") or {}
+
+        def ours(destination: str) -> list[int]:
+            if not mid or not mailbox.folder_exists(destination):
+                return []
+            floor = extra.get(destination) or 0
+            found = [u for u in mailbox.find_message_id(destination, mid) if u >= floor]
+            if len(found) > 1:  # an interrupted and retried command: keep one copy
+                mailbox.delete(destination, found[1:])
+                found = found[:1]
+            return found
+
+        if plan.move:
+            in_dest = ours(plan.move)
+            if in_dest and present_uids:
+                mailbox.delete(folder, present_uids)
+                return (
+                    "completed",
+                    "done",
+                    "completed after restart: removed the source copy an interrupted "
+                    "move left behind",
+                )
+            if in_dest:
+                return "completed", "done", "completed after restart: already at destination"
+        if not present_uids:
+            return (
+                "vanished",
+                "failed",
+                "message left the source folder before the action completed "
+                "(moved or deleted by another client)",
+            )
+        uids = present_uids
+        flags = (
+            list(plan.keywords)
+            + (["\\Flagged"] if plan.flag else [])
+            + (["\\Seen"] if plan.mark_read else [])
+        )
+        mailbox.add_flags(folder, uids, flags)
+        for destination in plan.copies:
+            mailbox.ensure_folder(destination)
+            if not ours(destination):
+                mailbox.copy(folder, uids, destination)
+        if plan.move:
+            mailbox.ensure_folder(plan.move)
+            mailbox.move(folder, uids, plan.move)
+        return "redone", "done", "redone after restart"

@@ -1,0 +1,109 @@
+"""Fixtures for tests against a real Dovecot started by the suite."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from imapclient import IMAPClient
+
+from tests.dovecot import PASSWORD, Dovecot
+
+RULES = {
+    "version": 1,
+    "groups": {},
+    "rules": [
+        {"name": "vip", "match": "*", "headers": {"subject": "URGENT"},
+         "actions": ["flag", {"keyword": "$urgent"}], "continue": True},
+        {"name": "keep-here", "match": "*", "headers": {"from": "keep@"},
+         "actions": [{"keyword": "$seen_by_triage"}]},
+        {"name": "file-all", "match": "*",
+         "actions": [{"keyword": "$intent_{intent}"}, {"move": "Triage/All"}]},
+    ],
+    "abstain": {"actions": [{"keyword": "$triage_review"}]},
+}
+
+
+@pytest.fixture(scope="session")
+def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+    server = Dovecot(tmp_path_factory.mktemp("dovecot"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class MailUser:
+    name: str
+    server: Dovecot
+
+    def client(self) -> IMAPClient:
+        context = ssl.create_default_context(cafile=str(self.server.cert))
+        c = IMAPClient("127.0.0.1", port=self.server.tls_port, ssl=True, ssl_context=context)
+        c.login(self.name, PASSWORD)
+        return c
+
+    def append(self, raw: bytes, folder: str = "INBOX") -> None:
+        with self.client() as c:
+            c.append(folder, raw)
+
+    def messages(self, folder: str) -> dict[str, dict[str, object]]:
+        """Message-ID -> {uid, flags, raw} of every message in ``folder``."""
+        with self.client() as c:
+            if not c.folder_exists(folder):
+                return {}
+            c.select_folder(folder, readonly=True)
+            uids = c.search("ALL")
+            out: dict[str, dict[str, object]] = {}
+            if not uids:
+                return out
+            for uid, data in c.fetch(uids, ["BODY.PEEK[]", "FLAGS"]).items():
+                raw = data[b"BODY[]"]
+                mid = next((line.split(b":", 1)[1].strip().decode()
+                            for line in raw.split(b"\r\n")
+                            if line.lower().startswith(b"message-id:")), f"uid-{uid}")
+                out[mid] = {"uid": uid, "flags": {f.decode() for f in data[b"FLAGS"]},
+                            "raw": raw}
+            return out
+
+
+@pytest.fixture
+def mail_user(dovecot: Dovecot) -> MailUser:
+    """A fresh mailbox user for each test."""
+    name = f"u{uuid.uuid4().hex[:10]}"
+    dovecot.add_user(name)
+    return MailUser(name, dovecot)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, tiny_bundle: Path, mail_user: MailUser, dovecot: Dovecot) -> Path:
+    """cleaninbox.yaml + rules for ``mail_user``; the tiny bundle never abstains."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(RULES))
+    settings = {
+        "model": str(tiny_bundle),
+        "rules": "rules.yaml",
+        "state": "var/state.db",
+        "poll_interval": 1,
+        "jitter": 0,
+        "log_format": "json",
+        "http": {"enabled": False},
+        "classifier": {"abstain_threshold": 0.0},
+        "accounts": [{
+            "name": "work",
+            "kind": "imap",
+            "host": "127.0.0.1",
+            "port": dovecot.tls_port,
+            "tls": "implicit",
+            "ca_file": str(dovecot.cert),
+            "username": mail_user.name,
+            "password_env": "CLEANINBOX_TEST_PASSWORD",
+            "folders": ["INBOX"],
+        }],
+    }
+    (tmp_path / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+    return tmp_path
