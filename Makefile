@@ -32,7 +32,7 @@ test: system-deps venv lint typecheck
 	$(BIN)/pytest -q
 
 demo: venv
-	$(BIN)/python -m daemon.demo
+	$(BIN)/cleaninbox demo
 
 train: venv
 	$(BIN)/cleaninbox train --config configs/train.yaml

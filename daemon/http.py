@@ -14,18 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ConfigDict, Field
 
-from daemon.errors import ConfigError
 from daemon.metrics import Metrics
 from daemon.runtime import Runtime
 from daemon.settings import Settings, is_loopback
 from daemon.text import email_to_text
 
 MAX_ITEMS = 256
+log = structlog.get_logger("cleaninbox.http")
 
 
 @dataclass
@@ -72,6 +73,16 @@ class ClassifyRequest(BaseModel):
     top_k: int = Field(default=5, ge=1, le=77)
 
 
+def _asgi_endpoint(asgi_app: Any) -> Any:
+    """Wrap an ASGI app as a Starlette endpoint (a route, not a Mount: no /metrics/ redirect)."""
+
+    class Endpoint:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await asgi_app(scope, receive, send)
+
+    return Endpoint()
+
+
 def create_app(
     settings: Settings,
     runtime: Runtime,
@@ -79,15 +90,26 @@ def create_app(
     health: Health,
     token: str | None = None,
 ) -> FastAPI:
-    if not is_loopback(settings.http.host) and token is None:
-        raise ConfigError(
-            f"http.listen {settings.http.listen} is not a loopback address; set http.token_env "
-            "or http.token_file so /v1/classify is not open to the network"
+    exposed_without_token = not is_loopback(settings.http.host) and token is None
+    if exposed_without_token:
+        log.warning(
+            "classify_disabled",
+            listen=settings.http.listen,
+            reason="not a loopback address and no http.token_env/token_file: POST /v1/classify "
+            "answers 403; /metrics, /healthz and /readyz are served",
         )
     app = FastAPI(title="CleanInbox", version="1", docs_url=None, redoc_url=None)
-    app.mount("/metrics", make_asgi_app(registry=metrics.registry))
+    # The Prometheus ASGI app, mounted so that /metrics answers without a redirect.
+    metrics_app = make_asgi_app(registry=metrics.registry)
+    app.add_route("/metrics", _asgi_endpoint(metrics_app), methods=["GET"])
 
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if exposed_without_token:
+            raise HTTPException(
+                status_code=403,
+                detail="POST /v1/classify needs http.token_env or http.token_file when "
+                "http.listen is not a loopback address",
+            )
         if token is None:
             return
         expected = f"Bearer {token}"

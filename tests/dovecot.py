@@ -39,18 +39,35 @@ def _open_up(path: Path) -> None:
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     key.chmod(0o644)
     return cert, key
 
 
 class Dovecot:
-    def __init__(self, root: Path, *, capability_trim: str | None = None,
-                 extra_config: str = "") -> None:
+    def __init__(
+        self, root: Path, *, capability_trim: str | None = None, extra_config: str = ""
+    ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         _open_up(self.root)
@@ -81,8 +98,7 @@ class Dovecot:
 
     def write_config(self) -> None:
         r = self.root
-        capability = (f"imap_capability = {self.capability_trim}\n"
-                      if self.capability_trim else "")
+        capability = f"imap_capability = {self.capability_trim}\n" if self.capability_trim else ""
         self.config.write_text(f"""
 base_dir = {r}/run
 state_dir = {r}/state
@@ -139,7 +155,8 @@ service stats {{
         (self.root / "state").mkdir(exist_ok=True)
         self.process = subprocess.Popen(
             ["dovecot", "-F", "-c", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -166,8 +183,9 @@ service stats {{
         self.process = None
 
     def doveadm(self, *args: str) -> str:
-        result = subprocess.run(["doveadm", "-c", str(self.config), *args],
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            ["doveadm", "-c", str(self.config), *args], capture_output=True, text=True, check=True
+        )
         return result.stdout
 
     @staticmethod

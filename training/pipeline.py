@@ -146,10 +146,11 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
             log=log,
         )
     model = fitted.model
+    checkpoint: Path | None = None
     if config.train.save_checkpoint:
         checkpoints = out_root / ".checkpoints"
         checkpoints.mkdir(exist_ok=True)
-        target = checkpoints / f"{datetime.now(UTC):%Y%m%d-%H%M%S}.pt"
+        checkpoint = checkpoints / f"unexported-{datetime.now(UTC):%Y%m%d-%H%M%S}.pt"
         fit_info = {
             "probe_val_accuracy": fitted.probe_val_accuracy,
             "best_epoch": fitted.best_epoch,
@@ -157,8 +158,8 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
             "history": [vars(r) for r in fitted.history],
             "seconds": fitted.seconds,
         }
-        torch.save({"state_dict": model.state_dict(), "fit": fit_info}, target)
-        log(f"checkpoint saved: {target}")
+        torch.save({"state_dict": model.state_dict(), "fit": fit_info}, checkpoint)
+        log(f"checkpoint saved: {checkpoint}")
     max_len = config.model.max_length
     torch_val = predict_logits(
         model, encode(base.tokenizer, data.val.texts, max_len), base.pad_token_id
@@ -352,6 +353,9 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
             manifest = _write_bundle(staging, staging / MODEL_NAME, tokenizer_json, manifest)
         final = out_root / version
         staging.rename(final)
+        if checkpoint is not None:
+            # Named after the bundle, so benchmarks can find the PyTorch weights it came from.
+            checkpoint.rename(checkpoint.with_name(f"{version}.pt"))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -18,12 +18,24 @@ RULES = {
     "version": 1,
     "groups": {},
     "rules": [
-        {"name": "vip", "match": "*", "headers": {"subject": "URGENT"},
-         "actions": ["flag", {"keyword": "$urgent"}], "continue": True},
-        {"name": "keep-here", "match": "*", "headers": {"from": "keep@"},
-         "actions": [{"keyword": "$seen_by_triage"}]},
-        {"name": "file-all", "match": "*",
-         "actions": [{"keyword": "$intent_{intent}"}, {"move": "Triage/All"}]},
+        {
+            "name": "vip",
+            "match": "*",
+            "headers": {"subject": "URGENT"},
+            "actions": ["flag", {"keyword": "$urgent"}],
+            "continue": True,
+        },
+        {
+            "name": "keep-here",
+            "match": "*",
+            "headers": {"from": "keep@"},
+            "actions": [{"keyword": "$seen_by_triage"}],
+        },
+        {
+            "name": "file-all",
+            "match": "*",
+            "actions": [{"keyword": "$intent_{intent}"}, {"move": "Triage/All"}],
+        },
     ],
     "abstain": {"actions": [{"keyword": "$triage_review"}]},
 }
@@ -64,11 +76,15 @@ class MailUser:
                 return out
             for uid, data in c.fetch(uids, ["BODY.PEEK[]", "FLAGS"]).items():
                 raw = data[b"BODY[]"]
-                mid = next((line.split(b":", 1)[1].strip().decode()
-                            for line in raw.split(b"\r\n")
-                            if line.lower().startswith(b"message-id:")), f"uid-{uid}")
-                out[mid] = {"uid": uid, "flags": {f.decode() for f in data[b"FLAGS"]},
-                            "raw": raw}
+                mid = next(
+                    (
+                        line.split(b":", 1)[1].strip().decode()
+                        for line in raw.split(b"\r\n")
+                        if line.lower().startswith(b"message-id:")
+                    ),
+                    f"uid-{uid}",
+                )
+                out[mid] = {"uid": uid, "flags": {f.decode() for f in data[b"FLAGS"]}, "raw": raw}
             return out
 
 
@@ -93,17 +109,19 @@ def workdir(tmp_path: Path, tiny_bundle: Path, mail_user: MailUser, dovecot: Dov
         "log_format": "json",
         "http": {"enabled": False},
         "classifier": {"abstain_threshold": 0.0},
-        "accounts": [{
-            "name": "work",
-            "kind": "imap",
-            "host": "127.0.0.1",
-            "port": dovecot.tls_port,
-            "tls": "implicit",
-            "ca_file": str(dovecot.cert),
-            "username": mail_user.name,
-            "password_env": "CLEANINBOX_TEST_PASSWORD",
-            "folders": ["INBOX"],
-        }],
+        "accounts": [
+            {
+                "name": "work",
+                "kind": "imap",
+                "host": "127.0.0.1",
+                "port": dovecot.tls_port,
+                "tls": "implicit",
+                "ca_file": str(dovecot.cert),
+                "username": mail_user.name,
+                "password_env": "CLEANINBOX_TEST_PASSWORD",
+                "folders": ["INBOX"],
+            }
+        ],
     }
     (tmp_path / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
     return tmp_path

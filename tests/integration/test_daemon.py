@@ -23,11 +23,16 @@ ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD}
 def cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "daemon.cli", *args, "--config", str(workdir / "cleaninbox.yaml")],
-        capture_output=True, text=True, env=ENV, cwd=workdir, timeout=120,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=workdir,
+        timeout=120,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n"
-                             f"{result.stderr}")
+        raise AssertionError(
+            f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -48,13 +53,18 @@ def mid(raw: bytes) -> str:
 
 
 def snapshot(user: MailUser) -> dict[str, object]:
-    return {folder: {m: (v["flags"] - {"\\Recent"}, hashlib.sha256(v["raw"]).hexdigest())  # type: ignore[arg-type]
-                     for m, v in user.messages(folder).items()}
-            for folder in ("INBOX", "Triage/All")}
+    return {
+        folder: {
+            m: (v["flags"] - {"\\Recent"}, hashlib.sha256(v["raw"]).hexdigest())  # type: ignore[arg-type]
+            for m, v in user.messages(folder).items()
+        }
+        for folder in ("INBOX", "Triage/All")
+    }
 
 
-def test_files_new_mail_by_rules_exactly_once(workdir: Path, mail_user: MailUser,
-                                               tiny_bundle: Path) -> None:
+def test_files_new_mail_by_rules_exactly_once(
+    workdir: Path, mail_user: MailUser, tiny_bundle: Path
+) -> None:
     old = [email("what is my balance", i) for i in range(3)]
     for raw in old:
         mail_user.append(raw)
@@ -66,8 +76,7 @@ def test_files_new_mail_by_rules_exactly_once(workdir: Path, mail_user: MailUser
 
     urgent = email("my card was stolen", 10, Subject="URGENT: card stolen")
     keep = email("how do I top up", 11, From="Keep Me <keep@example.org>")
-    normal = [email("I was charged twice for a transfer", 12),
-              email("Where is my new card?", 13)]
+    normal = [email("I was charged twice for a transfer", 12), email("Where is my new card?", 13)]
     for raw in [urgent, keep, *normal]:
         mail_user.append(raw)
     cli(workdir, "once")
@@ -90,9 +99,23 @@ def test_files_new_mail_by_rules_exactly_once(workdir: Path, mail_user: MailUser
     rows = [json.loads(line) for line in cli(workdir, "history", "--json").stdout.splitlines()]
     assert len(rows) == 4
     for row in rows:
-        for key in ("account", "folder", "uidvalidity", "uid", "message_id", "intent",
-                    "confidence", "abstain", "rule", "action", "destination", "status",
-                    "reason", "created_at", "done_at"):
+        for key in (
+            "account",
+            "folder",
+            "uidvalidity",
+            "uid",
+            "message_id",
+            "intent",
+            "confidence",
+            "abstain",
+            "rule",
+            "action",
+            "destination",
+            "status",
+            "reason",
+            "created_at",
+            "done_at",
+        ):
             assert key in row, key
         assert row["status"] == "done"
         assert row["created_at"].endswith("Z")
@@ -134,7 +157,8 @@ def test_undo_restores_and_is_not_triaged_again(workdir: Path, mail_user: MailUs
     assert len(mail_user.messages("Triage/All")) == 2
 
     dry = cli(workdir, "undo", "--since", "1h", "--dry-run")
-    assert "2 undone" not in dry.stdout and len(mail_user.messages("Triage/All")) == 2
+    assert "2 undone" not in dry.stdout
+    assert len(mail_user.messages("Triage/All")) == 2
     out = cli(workdir, "undo", "--since", "1h")
     assert "2 undone, 0 failed" in out.stdout
     inbox = mail_user.messages("INBOX")

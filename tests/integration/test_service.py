@@ -1,0 +1,203 @@
+"""`cleaninbox run` as a real process: latency, metrics, health, reloads, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.dovecot import PASSWORD, free_port
+from tests.integration.conftest import MailUser
+from tests.integration.test_daemon import email, mid
+
+ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD, "CLEANINBOX_TEST_TOKEN": "t0ken"}
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def daemon(workdir: Path, tiny_bundle: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """`cleaninbox run` with HTTP on a free port and models/current switchable."""
+    models = workdir / "models"
+    models.mkdir()
+    shutil.copytree(tiny_bundle, models / "bundle-a")
+    (models / "current").symlink_to("bundle-a")
+    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
+    port = free_port()
+    settings["model"] = "models/current"
+    settings["http"] = {
+        "enabled": True,
+        "listen": f"127.0.0.1:{port}",
+        "token_env": "CLEANINBOX_TEST_TOKEN",
+    }
+    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+    log = (workdir / "daemon.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "run", "--config", str(workdir / "cleaninbox.yaml")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        cwd=workdir,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 30, "the HTTP endpoint")
+        yield process, base, workdir
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def metric(base: str, name: str, labels: dict[str, str] | None = None) -> float:
+    total = 0.0
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if labels and not all(f'{k}="{v}"' in head for k, v in labels.items()):
+            continue
+        total += float(value)
+    return total
+
+
+def test_run_files_mail_within_an_interval_and_reports_it(
+    daemon: tuple[subprocess.Popen[str], str, Path], mail_user: MailUser
+) -> None:
+    process, base, workdir = daemon
+    wait_for(
+        lambda: (
+            (workdir / "var" / "state.db").exists()
+            and metric(base, "cleaninbox_last_successful_cycle_timestamp_seconds") > 0
+        ),
+        15,
+        "the first cycle",
+    )
+    raws = [email("I lost my card", 40 + i) for i in range(5)]
+    latencies = []
+    for raw in raws:
+        mail_user.append(raw)
+        latencies.append(
+            wait_for(
+                lambda raw=raw: mid(raw) in mail_user.messages("Triage/All"),
+                10,
+                "the message to be filed",
+            )
+        )
+    # poll_interval is 1 s: a new message is acted on within one interval + 1 s.
+    assert max(latencies) <= 2.0, latencies
+
+    assert metric(base, "cleaninbox_messages_processed_total", {"account": "work"}) == 5
+    assert metric(base, "cleaninbox_actions_total", {"action": "move"}) == 5
+    assert metric(base, "cleaninbox_confidence_count") == 5
+    assert metric(base, "cleaninbox_inference_seconds_count") == 5
+    assert metric(base, "cleaninbox_connection_up", {"account": "work"}) == 1
+    info = [
+        line
+        for line in httpx.get(f"{base}/metrics").text.splitlines()
+        if line.startswith("cleaninbox_model_info")
+    ]
+    assert info
+    assert 'version="' in info[0]
+
+    ready = httpx.get(f"{base}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["accounts"]["work"]["last_ok"] is not None
+
+    body = {"texts": ["I lost my card", "how do I top up?"]}
+    assert httpx.post(f"{base}/v1/classify", json=body).status_code == 401
+    reply = httpx.post(f"{base}/v1/classify", json=body, headers={"Authorization": "Bearer t0ken"})
+    assert reply.status_code == 200
+    predictions = reply.json()["predictions"]
+    assert [set(p) for p in predictions] == [{"intent", "confidence", "abstain", "top_k"}] * 2
+    bad = httpx.post(
+        f"{base}/v1/classify", json={"emails": ["%%%"]}, headers={"Authorization": "Bearer t0ken"}
+    )
+    assert bad.status_code == 422
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+    lines = [
+        json.loads(line)
+        for line in (workdir / "daemon.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    events = [line["event"] for line in lines]
+    assert events.count("decision") == 5
+    assert "stopped" in events
+    assert PASSWORD not in (workdir / "daemon.log").read_text()
+
+
+def test_reloads_rules_on_sighup_and_a_new_model_without_restart(
+    daemon: tuple[subprocess.Popen[str], str, Path], mail_user: MailUser
+) -> None:
+    process, base, workdir = daemon
+    wait_for(
+        lambda: (
+            httpx.get(f"{base}/readyz").status_code == 200
+            or metric(base, "cleaninbox_last_successful_cycle_timestamp_seconds") > 0
+        ),
+        15,
+        "the first cycle",
+    )
+    rules = yaml.safe_load((workdir / "rules.yaml").read_text())
+    rules["rules"][-1]["actions"] = [{"move": "Triage/Other"}]
+    (workdir / "rules.yaml").write_text(yaml.safe_dump(rules))
+    process.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    raw = email("card not working", 50)
+    mail_user.append(raw)
+    wait_for(lambda: mid(raw) in mail_user.messages("Triage/Other"), 10, "the new rules")
+
+    # A broken bundle behind models/current is refused; the running model stays.
+    models = workdir / "models"
+    shutil.copytree(models / "bundle-a", models / "bundle-b")
+    manifest = json.loads((models / "bundle-b" / "manifest.json").read_text())
+    manifest["version"] = "bundle-b-version"
+    (models / "bundle-b" / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copytree(models / "bundle-b", models / "bundle-broken")
+    (models / "bundle-broken" / "model.onnx").write_bytes(b"broken")
+    (models / "next").symlink_to("bundle-broken")
+    os.replace(models / "next", models / "current")
+    time.sleep(2.5)
+    assert process.poll() is None
+    assert httpx.get(f"{base}/readyz").json()["model"] != "bundle-b-version"
+    assert metric(base, "cleaninbox_cycle_errors_total", {"kind": "reload"}) >= 1
+
+    (models / "next").symlink_to("bundle-b")
+    os.replace(models / "next", models / "current")
+    wait_for(
+        lambda: httpx.get(f"{base}/readyz").json()["model"] == "bundle-b-version",
+        15,
+        "the new model",
+    )
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0

@@ -1,0 +1,107 @@
+"""Settings: YAML + environment, unknown keys are errors, secrets stay secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon.errors import ConfigError
+from daemon.settings import load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+IMAP = {"name": "w", "host": "imap.example.org", "username": "me", "password_env": "PW"}
+
+
+def write(tmp_path: Path, data: dict[str, object]) -> Path:
+    path = tmp_path / "cleaninbox.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_example_settings_document_every_key() -> None:
+    text = (REPO / "configs/cleaninbox.example.yaml").read_text()
+    settings = load_settings(REPO / "configs/cleaninbox.example.yaml")
+    from daemon.settings import Account, ClassifierSettings, HttpSettings, Settings
+
+    for model in (Settings, Account, HttpSettings, ClassifierSettings):
+        for name in model.model_fields:
+            assert f"{name}:" in text, f"{model.__name__}.{name} is not in the example"
+    assert settings.accounts[0].port == 993
+
+
+def test_defaults_and_relative_paths(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, {"accounts": [IMAP]}))
+    assert settings.http.listen == "127.0.0.1:9464"
+    assert settings.model == tmp_path / "models/current"
+    assert settings.state == tmp_path / "var/state.db"
+    assert settings.accounts[0].folders == ["INBOX"]
+    assert settings.accounts[0].tls == "implicit"
+    assert settings.accounts[0].tls_verify
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLEANINBOX_DRY_RUN", "true")
+    monkeypatch.setenv("CLEANINBOX_HTTP__LISTEN", "127.0.0.1:9999")
+    settings = load_settings(write(tmp_path, {"dry_run": False, "accounts": [IMAP]}))
+    assert settings.dry_run is True
+    assert settings.http.port == 9999
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"acounts": []}, "acounts: unknown key"),
+        ({"accounts": [{**IMAP, "hots": "x"}]}, "accounts.0.hots: unknown key"),
+        ({"accounts": [{**IMAP, "tls": "none"}]}, "allow_plaintext"),
+        (
+            {"accounts": [{**IMAP, "tls": "none", "allow_plaintext": True}]},
+            "only permitted to a loopback host",
+        ),
+        ({"accounts": [{**IMAP, "password_file": "pw"}]}, "exactly one of password_env"),
+        ({"accounts": [{"name": "m", "kind": "maildir"}]}, "path is required"),
+        ({"accounts": [{**IMAP, "kind": "gmail"}]}, "accounts.0.kind"),
+        ({"accounts": [IMAP, IMAP]}, "used twice"),
+        ({"accounts": [{**IMAP, "name": "a b"}]}, "accounts.0.name"),
+        ({"http": {"listen": "9464"}}, "http.listen"),
+        ({"poll_interval": 0}, "poll_interval"),
+    ],
+)
+def test_bad_settings_name_the_key(tmp_path: Path, data: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, data))
+    assert fragment in str(info.value)
+    assert str(tmp_path / "cleaninbox.yaml") in str(info.value)
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("accounts: [\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line"):
+        load_settings(bad)
+
+
+def test_passwords_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pw").write_text("from-file\n")
+    settings = load_settings(
+        write(
+            tmp_path,
+            {
+                "accounts": [
+                    IMAP,
+                    {**IMAP, "name": "f", "password_env": None, "password_file": "pw"},
+                ]
+            },
+        )
+    )
+    with pytest.raises(ConfigError, match="environment variable PW is not set"):
+        settings.accounts[0].password()
+    monkeypatch.setenv("PW", "from-env")
+    assert settings.accounts[0].password().get_secret_value() == "from-env"
+    assert settings.accounts[1].password().get_secret_value() == "from-file"
+    assert "from-env" not in repr(settings)
+    assert "from-env" not in settings.model_dump_json()

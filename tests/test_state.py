@@ -1,0 +1,107 @@
+"""The state store: migrations, the write-ahead journal, the single-instance lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import StateError
+from daemon.state import MIGRATIONS, NewDecision, StateStore
+
+
+def decision(uid: int, status: str = "pending", **kw: object) -> NewDecision:
+    base = {
+        "kind": "triage",
+        "account": "a",
+        "folder": "INBOX",
+        "uidvalidity": 7,
+        "uid": uid,
+        "message_id": f"<{uid}@x>",
+        "size": 10,
+        "internal_date": None,
+        "intent": "card_arrival",
+        "confidence": 0.9,
+        "abstain": False,
+        "top_k": [("card_arrival", 0.9)],
+        "model_version": "v1",
+        "rule": "r",
+        "action": "move to X",
+        "plan": {"rule": "r"},
+        "destination": "X",
+        "dest_uidnext": 5,
+        "status": status,
+    }
+    base.update(kw)
+    return NewDecision(**base)  # type: ignore[arg-type]
+
+
+def test_schema_is_migrated_and_wal(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s.db") as store:
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    with StateStore(tmp_path / "s.db") as store:  # reopening migrates nothing
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_journal_round_trip(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s.db") as store:
+        ids = store.record([decision(1), decision(2), decision(3, status="skipped")])
+        assert [d.uid for d in store.pending()] == [1, 2]
+        store.finish([ids[0]], "done")
+        store.finish_each([(ids[1], "failed", "quota exceeded")])
+        assert store.pending() == []
+        rows = {d.uid: d for d in store.history()}
+        assert rows[1].status == "done"
+        assert rows[1].done_at is not None
+        assert rows[2].reason == "quota exceeded"
+        assert rows[1].top_k == [["card_arrival", 0.9]]
+        assert store.known_uids("a", "INBOX", 7, [1, 2, 3, 4]) == {1, 2, 3}
+        assert store.known_uids("a", "INBOX", 8, [1]) == set()  # another UIDVALIDITY
+        with pytest.raises(StateError):
+            store.record([decision(1)])  # one triage decision per message
+        store.set_folder("a", "INBOX", 7, 42)
+        assert store.folder("a", "INBOX").high_water == 42  # type: ignore[union-attr]
+
+
+def test_model_input_text_is_stored_only_when_given(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s.db") as store:
+        store.record([decision(1), decision(2, text="my card")])
+        texts = {d.uid: d.text for d in store.history()}
+        assert texts == {1: None, 2: "my card"}
+
+
+def test_second_instance_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with StateStore(path):
+        code = (
+            f"from daemon.state import StateStore\n"
+            f"StateStore(__import__('pathlib').Path({str(path)!r}))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode != 0
+        assert "is in use by pid" in result.stderr
+    StateStore(path).close()  # free again once the first one closed
+
+
+def test_corrupt_and_read_only_databases_are_clear_errors(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="corrupt"):
+        StateStore(corrupt)
+    with pytest.raises(StateError, match="does not exist"):
+        StateStore(tmp_path / "none.db", read_only=True)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    StateStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="newer than this CleanInbox"):
+        StateStore(path)
