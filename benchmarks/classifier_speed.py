@@ -82,12 +82,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cleaninbox-bench-"))
     export_onnx(model, work / "raw.onnx", 17)
-    optimise(
-        work / "raw.onnx",
-        work / "fp32.onnx",
-        int(base.encoder.config.num_attention_heads),
-        int(base.encoder.config.hidden_size),
-    )
+    optimise(work / "raw.onnx", work / "fp32.onnx")
     fp32_bundle = work / "fp32"
     _write_bundle(
         fp32_bundle, work / "fp32.onnx", (bundle / "tokenizer.json").read_text(), manifest

@@ -411,15 +411,35 @@ def _summary(reports: dict[str, Any], dry_run: bool) -> None:
 @main.command()
 @_config_options
 @click.option("--dry-run", is_flag=True, help="Decide and log; change nothing.")
-def once(config_path: Path | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+@click.option("--timings", is_flag=True, help="Also print where the time went, by stage.")
+def once(
+    config_path: Path | None, overrides: tuple[str, ...], dry_run: bool, timings: bool
+) -> None:
     """One cycle over every account, then exit (prints a summary table)."""
+    import time
+
     settings = _settings(config_path, overrides)
     service = _service(settings, dry_run)
+    started = time.perf_counter()
     try:
         reports = service.once()
     finally:
         service.close()
+    wall = time.perf_counter() - started
     _summary(reports, service.dry_run)
+    if timings:
+        from daemon.metrics import STAGES
+
+        stage = {s: service.triage.stage_seconds[s] for s in STAGES}
+        decided = sum(r.decided for r in reports.values())
+        click.echo(
+            f"timings: {wall:.2f} s wall, {decided} messages, "
+            f"{decided / wall if wall else 0:.1f} messages/s"
+        )
+        for name, seconds in stage.items():
+            click.echo(f"  {name:<9} {seconds:8.2f} s  {seconds / wall * 100 if wall else 0:5.1f}%")
+        other = wall - sum(stage.values())
+        click.echo(f"  {'other':<9} {other:8.2f} s  {other / wall * 100 if wall else 0:5.1f}%")
     if any(r.error for r in reports.values()):
         sys.exit(1)
 

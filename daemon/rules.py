@@ -10,6 +10,7 @@ an unknown intent or group is an error naming the file, the rule and the nearest
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 import string
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ from pydantic import (
 from daemon.errors import ConfigError
 from daemon.yaml_settings import describe_validation_error, read_yaml_mapping
 
-_KEYWORD_OK = re.compile(r"^[^\s(){%*\"\\\]]+$")  # an IMAP atom (RFC 3501 flag-keyword)
+# An IMAP flag-keyword is an atom (RFC 3501): printable ASCII but ( ) { % * " \ ]
+_KEYWORD_OK = re.compile(r"^[\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+$")
 _TEMPLATE_FIELDS = {"intent", "group", "rule"}
 
 
@@ -203,6 +205,12 @@ class Abstain(_Strict):
 
 class RulesFile(_Strict):
     version: Literal[1] = 1
+    keyword_max_length: int = Field(
+        default=50,
+        ge=16,
+        le=1000,
+        description="Longer keywords are shortened (Dovecot's mail_max_keyword_length is 50).",
+    )
     groups: dict[str, list[str]] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
     abstain: Abstain = Abstain()
@@ -328,6 +336,7 @@ class Rules:
                             f"{_nearest(group, list(spec.groups)) or _known(spec.groups)}"
                         )
                     intents.update(spec.groups[group])
+            self._check_keywords(label, list(rule.actions), rule.name or f"rule-{index}")
             headers = rule.headers or HeaderConditions()
             self._rules.append(
                 _Compiled(
@@ -344,6 +353,29 @@ class Rules:
                     continue_=rule.continue_,
                 )
             )
+
+        self._check_keywords("abstain", list(self.spec.abstain.actions), "abstain")
+
+    def _keyword(self, template: str, context: dict[str, str]) -> str:
+        return shorten_keyword(template.format(**context), self.spec.keyword_max_length)
+
+    def _check_keywords(self, where: str, actions: list[Any], rule_name: str) -> None:
+        """Every keyword a template can produce must be a valid IMAP keyword."""
+        for action in actions:
+            if not isinstance(action, KeywordAction):
+                continue
+            for intent in self.labels:
+                context = {
+                    "intent": intent,
+                    "group": self.group_of.get(intent, "other"),
+                    "rule": rule_name,
+                }
+                keyword = self._keyword(action.keyword, context)
+                if not _KEYWORD_OK.match(keyword):
+                    raise ConfigError(
+                        f"{self.source}: {where}: keyword {action.keyword!r} gives "
+                        f"{keyword!r} for intent {intent!r}, not a valid IMAP keyword"
+                    )
 
     def folders(self) -> set[str]:
         """Every folder a rule may move or copy to (created on demand)."""
@@ -384,9 +416,8 @@ class Rules:
             return Plan(rule="no-match")
         return self._plan("+".join(names), collected, context)
 
-    @staticmethod
     def _plan(
-        name: str, actions: list[Any], context: dict[str, str], abstained: bool = False
+        self, name: str, actions: list[Any], context: dict[str, str], abstained: bool = False
     ) -> Plan:
         keywords: list[str] = []
         copies: list[str] = []
@@ -394,11 +425,7 @@ class Rules:
         flag = mark_read = False
         for action in actions:
             if isinstance(action, KeywordAction):
-                keyword = action.keyword.format(**context)
-                if not _KEYWORD_OK.match(keyword):
-                    raise ConfigError(
-                        f"rule {name}: keyword {keyword!r} is not a valid IMAP keyword"
-                    )
+                keyword = self._keyword(action.keyword, context)
                 if keyword not in keywords:
                     keywords.append(keyword)
             elif isinstance(action, CopyAction):
@@ -411,6 +438,14 @@ class Rules:
             elif isinstance(action, MarkReadAction):
                 mark_read = True
         return Plan(name, tuple(keywords), flag, mark_read, tuple(copies), move, abstained)
+
+
+def shorten_keyword(keyword: str, limit: int) -> str:
+    """``keyword`` if it fits, else a stable shortened form ending in ``~`` + 6 hex digits."""
+    if len(keyword) <= limit:
+        return keyword
+    digest = hashlib.sha1(keyword.encode(), usedforsecurity=False).hexdigest()[:6]
+    return f"{keyword[: limit - 7]}~{digest}"
 
 
 def _known(groups: dict[str, list[str]]) -> str:

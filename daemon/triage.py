@@ -49,6 +49,7 @@ class CycleReport:
     actions: Counter[str] = field(default_factory=Counter)
     intents: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    dest_uidnext: dict[str, int] = field(default_factory=dict)  # per-cycle cache
 
     def merge(self, other: CycleReport) -> None:
         for name in ("new", "decided", "acted", "abstained", "skipped", "failed", "reconciled"):
@@ -104,6 +105,8 @@ class Triage:
         self.metrics = metrics
         self.stop = stop or threading.Event()
         self._state_lock = state_lock or threading.Lock()
+        #: Seconds spent per stage since start (also exported as cleaninbox_stage_seconds_total).
+        self.stage_seconds: defaultdict[str, float] = defaultdict(float)
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -111,7 +114,9 @@ class Triage:
         try:
             yield
         finally:
-            self.metrics.stage.labels(name).inc(time.perf_counter() - started)
+            spent = time.perf_counter() - started
+            self.stage_seconds[name] += spent
+            self.metrics.stage.labels(name).inc(spent)
 
     @contextmanager
     def _state(self) -> Iterator[StateStore]:
@@ -277,12 +282,15 @@ class Triage:
 
         # Destinations exist and their UIDNEXT is known before the intent is recorded, so
         # reconciliation can tell our copies from older ones.
-        dest_uidnext: dict[str, int] = {}
+        # (UIDNEXT is read once per destination and cycle: an earlier value is a lower,
+        # still correct, floor.)
+        dest_uidnext = report.dest_uidnext
         acting = [i for i in items if i.status == "pending"]
         with self._stage("act"):
             for destination in sorted({d for i in acting for d in self._destinations(i)}):
-                mailbox.ensure_folder(destination)
-                dest_uidnext[destination] = mailbox.status(destination).uidnext
+                if destination not in dest_uidnext:
+                    mailbox.ensure_folder(destination)
+                    dest_uidnext[destination] = mailbox.status(destination).uidnext
 
         decisions = [
             self._new_decision(account, folder, uidvalidity, item, classifier.version, dest_uidnext)

@@ -71,6 +71,10 @@ class TrainerConfig(_Section):
     email_augment_fraction: float = Field(
         default=0.0, ge=0, le=1, description="Share of training texts rendered as emails."
     )
+    qat_epochs: int = Field(
+        default=0, ge=0, description="Extra epochs fine-tuned under simulated int8 (qat.py)."
+    )
+    qat_encoder_lr: float = Field(default=1e-5, gt=0, description="Learning rate for them.")
     save_checkpoint: bool = Field(
         default=False, description="Keep the fine-tuned weights in output_dir/.checkpoints/."
     )
@@ -90,11 +94,21 @@ class CalibrationConfig(_Section):
 class ExportConfig(_Section):
     opset: int = 17
     quantize: bool = True
-    per_channel: bool = True
-    keep_fp32: list[str] = Field(
-        default_factory=list,
-        description="Substrings of MatMul node names to leave in fp32 (the head always is).",
+    activations: Literal["per_token", "per_tensor"] = Field(
+        default="per_token",
+        description="int8 activation scales: per token (batch-independent, accurate) or "
+        "onnxruntime's dynamic per-tensor quantisation.",
     )
+    per_channel: bool = Field(default=True, description="per_tensor only: per-channel weights.")
+    keep_fp32: list[str] = Field(
+        default_factory=list, description="MatMul node names to leave in fp32 (the head is)."
+    )
+    auto_keep_fp32: bool = Field(
+        default=True,
+        description="Below auto_target_agreement, keep the most sensitive MatMuls in fp32.",
+    )
+    auto_target_agreement: float = Field(default=0.997, ge=0, le=1)
+    max_size_mb: float = Field(default=30.0, gt=0, description="Size budget for model.onnx.")
     min_agreement: float = Field(default=0.995, ge=0, le=1)
     max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
 

@@ -140,6 +140,78 @@ def accuracy(logits: FloatArray, labels: Sequence[int]) -> float:
     return float((logits.argmax(axis=1) == np.asarray(labels)).mean())
 
 
+@dataclass
+class _Loop:
+    """What one training phase needs: data, optimiser, schedule."""
+
+    tokenizer: Tokenizer
+    pad_id: int
+    max_length: int
+    train_texts: Sequence[str]
+    train_ids: list[list[int]]
+    labels: torch.Tensor
+    config: TrainerConfig
+    augment: Callable[[str, random.Random], str] | None
+    rng: random.Random
+
+    def optimiser(
+        self, model: IntentClassifier, encoder_lr: float, head_lr: float, epochs: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        steps_per_epoch = (len(self.train_ids) + self.config.batch_size - 1) // (
+            self.config.batch_size
+        )
+        total = steps_per_epoch * epochs
+        warmup = int(self.config.warmup_ratio * total)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": model.encoder.parameters(), "lr": encoder_lr},
+                {"params": model.head.parameters(), "lr": head_lr},
+            ],
+            weight_decay=self.config.weight_decay,
+        )
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / max(1, warmup)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def epoch(
+        self,
+        model: IntentClassifier,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        desc: str,
+    ) -> float:
+        """One pass over the training data; returns the mean loss."""
+        ids = self.train_ids
+        fraction = self.config.email_augment_fraction
+        if self.augment is not None and fraction > 0:
+            texts = [
+                self.augment(t, self.rng) if self.rng.random() < fraction else t
+                for t in self.train_texts
+            ]
+            ids = encode(self.tokenizer, texts, self.max_length)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
+        model.train()
+        running = 0.0
+        batches = bucketed_batches([len(r) for r in ids], self.config.batch_size, self.rng)
+        bar = tqdm(batches, desc=desc, disable=not self.config.progress)
+        for n, batch in enumerate(bar, start=1):
+            input_ids, mask = pad([ids[i] for i in batch], self.pad_id)
+            loss = loss_fn(model(input_ids, mask), self.labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.item())
+            if n % 20 == 0:
+                bar.set_postfix(loss=f"{running / n:.3f}")
+        return running / max(1, len(batches))
+
+
 def fit(
     model: IntentClassifier,
     tokenizer: Tokenizer,
@@ -153,7 +225,8 @@ def fit(
     augment: Callable[[str, random.Random], str] | None = None,
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """LP-FT: probe-initialised head, then ``config.epochs`` of full fine-tuning."""
+    """LP-FT: probe-initialised head, ``config.epochs`` of full fine-tuning, then
+    ``config.qat_epochs`` of quantisation-aware fine-tuning (see training/qat.py)."""
     started = time.perf_counter()
     seed_everything(config.seed)
     if config.threads:
@@ -164,75 +237,68 @@ def fit(
     probe_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
     log(f"linear probe: validation accuracy {probe_acc:.4f}")
     result = FitResult(model, probe_acc, 0, probe_acc)
-    if config.epochs == 0:
-        result.seconds = time.perf_counter() - started
-        return result
-
-    rng = random.Random(config.seed)
-    labels = torch.tensor(list(train_labels), dtype=torch.long)
-    steps_per_epoch = (len(train_ids) + config.batch_size - 1) // config.batch_size
-    total = steps_per_epoch * config.epochs
-    warmup = int(config.warmup_ratio * total)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.encoder.parameters(), "lr": config.encoder_lr},
-            {"params": model.head.parameters(), "lr": config.head_lr},
-        ],
-        weight_decay=config.weight_decay,
+    loop = _Loop(
+        tokenizer,
+        pad_id,
+        max_length,
+        train_texts,
+        train_ids,
+        torch.tensor(list(train_labels), dtype=torch.long),
+        config,
+        augment,
+        random.Random(config.seed),
     )
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
+    if config.epochs > 0:
+        optimizer, scheduler = loop.optimiser(
+            model, config.encoder_lr, config.head_lr, config.epochs
+        )
+        best_state = copy.deepcopy(model.state_dict())
+        stale = 0
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            loss = loop.epoch(model, optimizer, scheduler, f"epoch {epoch}/{config.epochs}")
+            val_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
+            record = EpochRecord(epoch, loss, val_acc, time.perf_counter() - epoch_start)
+            result.history.append(record)
+            log(
+                f"epoch {epoch}: loss {loss:.4f}, validation accuracy {val_acc:.4f} "
+                f"({record.seconds:.0f} s)"
+            )
+            if val_acc > result.best_val_accuracy:
+                result.best_val_accuracy = val_acc
+                result.best_epoch = epoch
+                best_state = copy.deepcopy(model.state_dict())
+                stale = 0
+            else:
+                stale += 1
+                if stale >= config.early_stopping_patience:
+                    log(f"early stopping: no improvement for {stale} epochs")
+                    break
+        model.load_state_dict(best_state)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    best_state = copy.deepcopy(model.state_dict())
-    stale = 0
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        ids = train_ids
-        if augment is not None and config.email_augment_fraction > 0:
-            texts = [
-                augment(t, rng) if rng.random() < config.email_augment_fraction else t
-                for t in train_texts
-            ]
-            ids = encode(tokenizer, texts, max_length)
-        model.train()
-        running = 0.0
-        batches = bucketed_batches([len(r) for r in ids], config.batch_size, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress)
-        for n, batch in enumerate(bar, start=1):
-            input_ids, mask = pad([ids[i] for i in batch], pad_id)
-            loss = loss_fn(model(input_ids, mask), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            running += float(loss.item())
-            if n % 20 == 0:
-                bar.set_postfix(loss=f"{running / n:.3f}")
-        val_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
-        record = EpochRecord(
-            epoch, running / max(1, len(batches)), val_acc, time.perf_counter() - epoch_start
+    if config.qat_epochs > 0:
+        from training.qat import fake_quantised
+
+        optimizer, scheduler = loop.optimiser(
+            model, config.qat_encoder_lr, config.qat_encoder_lr, config.qat_epochs
         )
-        result.history.append(record)
-        log(
-            f"epoch {epoch}: loss {record.train_loss:.4f}, validation accuracy {val_acc:.4f} "
-            f"({record.seconds:.0f} s)"
-        )
-        if val_acc > result.best_val_accuracy:
-            result.best_val_accuracy = val_acc
-            result.best_epoch = epoch
-            best_state = copy.deepcopy(model.state_dict())
-            stale = 0
-        else:
-            stale += 1
-            if stale >= config.early_stopping_patience:
-                log(f"early stopping: no improvement for {stale} epochs")
-                break
-    model.load_state_dict(best_state)
+        with fake_quantised(model.encoder):
+            for epoch in range(1, config.qat_epochs + 1):
+                epoch_start = time.perf_counter()
+                loss = loop.epoch(
+                    model, optimizer, scheduler, f"int8-aware epoch {epoch}/{config.qat_epochs}"
+                )
+                val_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
+                record = EpochRecord(
+                    config.epochs + epoch, loss, val_acc, time.perf_counter() - epoch_start
+                )
+                result.history.append(record)
+                log(
+                    f"int8-aware epoch {epoch}: loss {loss:.4f}, validation accuracy "
+                    f"(int8-rounded) {val_acc:.4f} ({record.seconds:.0f} s)"
+                )
+        result.best_val_accuracy = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
+        log(f"after int8-aware fine-tuning: validation accuracy {result.best_val_accuracy:.4f}")
     result.seconds = time.perf_counter() - started
     return result

@@ -195,7 +195,15 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
     try:
         with tempfile.TemporaryDirectory(prefix="cleaninbox-export-") as tmp:
             work = Path(tmp)
-            artifacts = build_onnx(model, staging, work, config.export)
+
+            def evaluate(graph: Path) -> Any:
+                """Logits of the validation texts for an ONNX graph, served as the daemon would."""
+                probe = work / "probe-bundle"
+                shutil.rmtree(probe, ignore_errors=True)
+                _write_bundle(probe, graph, tokenizer_json, manifest)
+                return Classifier(probe, batch_size=32).logits(data.val.texts)
+
+            artifacts = build_onnx(model, staging, work, config.export, evaluate, log)
             manifest = _write_bundle(staging, artifacts.model_path, tokenizer_json, manifest)
             fp32_dir = work / "fp32"
             _write_bundle(fp32_dir, artifacts.fp32_path, tokenizer_json, manifest)
@@ -206,6 +214,7 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
             fp32_test = fp32.logits(data.test.texts)
             onnx_mb = artifacts.model_path.stat().st_size / 1e6
             log(f"exported {'int8' if artifacts.quantised else 'fp32'} ONNX: {onnx_mb:.1f} MB")
+            selection = artifacts.selection
 
             parity_val = parity(torch_val, served_val, data.val.labels)
             parity_test = parity(torch_test, served_test, data.test.labels)
@@ -257,6 +266,12 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
                 "parity_test": parity_test.to_json(),
                 "int8_vs_fp32_test": quant_test.to_json(),
                 "history": [vars(r) for r in fitted.history],
+                "quantisation": {
+                    "per_channel": config.export.per_channel,
+                    "kept_fp32": selection.kept if selection else list(config.export.keep_fp32),
+                    "val_agreement_all_int8": selection.agreement_all_int8 if selection else None,
+                    "sensitivity_kl": selection.sensitivity if selection else {},
+                },
                 "fit_seconds": fitted.seconds,
             }
             if config.report.baseline:
@@ -325,7 +340,12 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
             summary = {
                 "version": version,
                 "base_model": base.name,
-                "onnx": f"{'int8 dynamic' if artifacts.quantised else 'fp32'}, {onnx_mb:.1f} MB",
+                "onnx": (
+                    f"int8, {config.export.activations.replace('_', '-')} activation scales"
+                    if artifacts.quantised
+                    else "fp32"
+                )
+                + f", {onnx_mb:.1f} MB",
                 "max_length": max_len,
                 "text_recipe": TEXT_RECIPE,
                 "temperature": temperature,

@@ -82,6 +82,7 @@ class ImapMailbox(Mailbox):
         self._delimiter = "/"
         self._selected: str | None = None
         self._selected_read_only = False
+        self._known_folders: set[str] = set()  # folders seen to exist on this connection
         self._on_command = on_command
         self._permanent_keywords = True
 
@@ -112,6 +113,7 @@ class ImapMailbox(Mailbox):
     def _drop(self) -> None:
         client, self._client = self._client, None
         self._selected = None
+        self._known_folders.clear()
         if client is not None:
             with suppress(Exception):
                 client.shutdown()
@@ -172,6 +174,7 @@ class ImapMailbox(Mailbox):
     def close(self) -> None:
         client, self._client = self._client, None
         self._selected = None
+        self._known_folders.clear()
         if client is not None:
             try:
                 client.logout()
@@ -206,7 +209,10 @@ class ImapMailbox(Mailbox):
             return bool(self._cmd("LIST").folder_exists(self._name(folder)))
 
     def ensure_folder(self, folder: str) -> None:
+        if folder in self._known_folders:
+            return
         if self.folder_exists(folder):
+            self._known_folders.add(folder)
             return
         with self._guard(f"CREATE {folder}"):
             try:
@@ -216,6 +222,7 @@ class ImapMailbox(Mailbox):
                     raise
             with suppress(imap_exc.IMAPClientError):
                 self._cmd("SUBSCRIBE").subscribe_folder(self._name(folder))
+        self._known_folders.add(folder)
         log.info("folder_created", account=self.account, folder=folder)
 
     def select(self, folder: str) -> FolderStatus:

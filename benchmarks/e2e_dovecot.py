@@ -1,0 +1,109 @@
+"""End to end against a real Dovecot on loopback: N emails appended, ``cleaninbox once``.
+
+Prints messages per second end to end, the share of time per stage (fetch, parse,
+classify, act, state) and the daemon process's peak RSS. Emails are banking77 test queries
+rendered with subject, greeting, body and signature.
+
+    python benchmarks/e2e_dovecot.py --messages 5000 --bundle models/current
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from imapclient import IMAPClient
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from daemon.samples import render_email  # noqa: E402
+from tests.dovecot import PASSWORD, Dovecot  # noqa: E402
+from training.config import DataConfig  # noqa: E402
+from training.data import load_banking77  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--bundle", type=Path, default=Path("models/current"))
+    parser.add_argument("--rules", type=Path, default=REPO / "configs/rules.example.yaml")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("BANKING77_DIR", "data/raw/banking77"))
+    )
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="cleaninbox-e2e-"))
+    server = Dovecot(root / "dovecot")
+    server.add_user("bench")
+    server.start()
+    try:
+        settings = {
+            "model": str(args.bundle.resolve()),
+            "rules": str(args.rules.resolve()),
+            "state": str(root / "state.db"),
+            "log_format": "json",
+            "log_level": "warning",
+            "http": {"enabled": False},
+            "classifier": {"threads": args.threads},
+            "accounts": [
+                {
+                    "name": "bench",
+                    "host": "127.0.0.1",
+                    "port": server.tls_port,
+                    "ca_file": str(server.cert),
+                    "username": "bench",
+                    "password_env": "BENCH_PASSWORD",
+                    "batch_size": args.batch_size,
+                }
+            ],
+        }
+        config = root / "cleaninbox.yaml"
+        config.write_text(yaml.safe_dump(settings))
+        env = {**os.environ, "BENCH_PASSWORD": PASSWORD}
+        command = [sys.executable, "-m", "daemon.cli", "once", "--config", str(config)]
+        subprocess.run(command, check=True, env=env, capture_output=True)  # first start
+
+        data = load_banking77(DataConfig(dir=args.data_dir), seed=0)
+        rng = random.Random(1)
+        context = ssl.create_default_context(cafile=str(server.cert))
+        started = time.perf_counter()
+        with IMAPClient("127.0.0.1", port=server.tls_port, ssl_context=context) as client:
+            client.login("bench", PASSWORD)
+            for i in range(args.messages):
+                query = data.test.texts[i % len(data.test.texts)]
+                style = "signature" if rng.random() < 0.7 else "plain"
+                client.append("INBOX", render_email(query, rng, style=style))
+        print(f"appended {args.messages} messages in {time.perf_counter() - started:.1f} s")
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        started = time.perf_counter()
+        result = subprocess.run(
+            [*command, "--timings"], check=True, env=env, capture_output=True, text=True
+        )
+        wall = time.perf_counter() - started
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        print(result.stdout)
+        print(
+            f"end to end (process start to exit): {wall:.1f} s, "
+            f"{args.messages / wall:.1f} messages/s"
+        )
+        peak = max(peak_kib, before)
+        print(f"daemon peak RSS: {peak / 1024:.0f} MiB (largest child process so far)")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
