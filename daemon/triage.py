@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import structlog
@@ -76,6 +77,25 @@ class _Item:
     status: Status = "pending"
     reason: str | None = None
     decision_id: int = 0
+
+
+def plan_flags(plan: Plan) -> list[str]:
+    """The IMAP flags and keywords a plan sets on the message."""
+    return [
+        *plan.keywords,
+        *(["\\Flagged"] if plan.flag else []),
+        *(["\\Seen"] if plan.mark_read else []),
+    ]
+
+
+def action_kinds(plan: Plan) -> list[str]:
+    """Metric labels of the actions in a plan (cleaninbox_actions_total)."""
+    kinds = ["keyword"] * len(plan.keywords)
+    kinds += ["flag"] if plan.flag else []
+    kinds += ["mark_read"] if plan.mark_read else []
+    kinds += ["copy"] * len(plan.copies)
+    kinds += ["move"] if plan.move else []
+    return kinds
 
 
 def _action_kind(plan: Plan) -> str:
@@ -363,63 +383,92 @@ class Triage:
     def _apply(
         self, account: Account, mailbox: Mailbox, folder: str, items: Sequence[_Item]
     ) -> None:
-        """Apply plans in as few commands as possible: flags, then copies, then moves."""
-        steps: list[tuple[str, str, list[_Item]]] = []
-        by_flag: dict[str, list[_Item]] = defaultdict(list)
-        by_copy: dict[str, list[_Item]] = defaultdict(list)
-        by_move: dict[str, list[_Item]] = defaultdict(list)
+        """Apply plans in few commands: flags and copies first, then each destination's
+        moves together with the flags of the messages that go there (``tag_and_move``:
+        on Maildir the flags are written in the destination, not the source)."""
+        flagged_here: dict[str, list[_Item]] = defaultdict(list)
+        copies: dict[str, list[_Item]] = defaultdict(list)
+        moves: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
             assert item.plan is not None
-            for keyword in item.plan.keywords:
-                by_flag[keyword].append(item)
-            if item.plan.flag:
-                by_flag["\\Flagged"].append(item)
-            if item.plan.mark_read:
-                by_flag["\\Seen"].append(item)
+            travels = bool(item.plan.move) and not item.plan.copies
+            if not travels:
+                for flag in plan_flags(item.plan):
+                    flagged_here[flag].append(item)
             for destination in item.plan.copies:
-                by_copy[destination].append(item)
+                copies[destination].append(item)
             if item.plan.move:
-                by_move[item.plan.move].append(item)
-        steps += [("flag", f, group) for f, group in by_flag.items()]
-        steps += [("copy", d, group) for d, group in by_copy.items()]
-        steps += [("move", d, group) for d, group in by_move.items()]
+                moves[item.plan.move].append(item)
         failed: dict[int, str] = {}
-        for kind, target, group in steps:
+
+        def attempt(kind: str, target: str, group: list[_Item], run: Callable[[], None]) -> None:
             live = [i for i in group if i.message.uid not in failed]
             if not live:
-                continue
-            uids = [i.message.uid for i in live]
+                return
             try:
-                if kind == "flag":
-                    mailbox.add_flags(folder, uids, [target])
-                elif kind == "copy":
-                    mailbox.copy(folder, uids, target)
-                else:
-                    mailbox.move(folder, uids, target)
+                run()
             except ConnectionLostError:
                 raise  # records stay pending; reconciled on the next cycle
             except MailboxError as exc:
                 self.metrics.errors.labels(account.name, f"action_{kind}").inc()
-                for uid in uids:
-                    failed[uid] = f"{kind} {target} failed: {exc}"
-                continue
-            action = (
-                (
-                    "keyword"
-                    if not target.startswith("\\")
-                    else "flag"
-                    if target == "\\Flagged"
-                    else "mark_read"
-                )
-                if kind == "flag"
-                else kind
+                for item in live:
+                    failed[item.message.uid] = f"{kind} {target} failed: {exc}"
+
+        for flag, group in flagged_here.items():
+            attempt("flag", flag, group, partial(self._flag, mailbox, folder, flag, group, failed))
+        for destination, group in copies.items():
+            attempt(
+                "copy",
+                destination,
+                group,
+                partial(self._copy, mailbox, folder, destination, group, failed),
             )
-            self.metrics.actions.labels(account.name, action).inc(len(uids))
+        for destination, group in moves.items():
+            attempt(
+                "move",
+                destination,
+                group,
+                partial(self._move, mailbox, folder, destination, group, failed),
+            )
         for item in items:
             if item.message.uid in failed:
                 item.status, item.reason = "failed", failed[item.message.uid]
-            else:
-                item.status = "done"
+                continue
+            item.status = "done"
+            assert item.plan is not None
+            for action in action_kinds(item.plan):
+                self.metrics.actions.labels(account.name, action).inc()
+
+    @staticmethod
+    def _flag(
+        mailbox: Mailbox, folder: str, flag: str, group: list[_Item], failed: dict[int, str]
+    ) -> None:
+        mailbox.add_flags(
+            folder, [i.message.uid for i in group if i.message.uid not in failed], [flag]
+        )
+
+    @staticmethod
+    def _copy(
+        mailbox: Mailbox, folder: str, destination: str, group: list[_Item], failed: dict[int, str]
+    ) -> None:
+        mailbox.copy(
+            folder, [i.message.uid for i in group if i.message.uid not in failed], destination
+        )
+
+    @staticmethod
+    def _move(
+        mailbox: Mailbox, folder: str, destination: str, group: list[_Item], failed: dict[int, str]
+    ) -> None:
+        """Items with copies had their flags set before copying; the rest carry them."""
+        mailbox.tag_and_move(
+            folder,
+            {
+                i.message.uid: [] if i.plan is None or i.plan.copies else plan_flags(i.plan)
+                for i in group
+                if i.message.uid not in failed
+            },
+            destination,
+        )
 
     def _account_for(
         self,
@@ -545,17 +594,15 @@ class Triage:
                 "(moved or deleted by another client)",
             )
         uids = present_uids
-        flags = (
-            list(plan.keywords)
-            + (["\\Flagged"] if plan.flag else [])
-            + (["\\Seen"] if plan.mark_read else [])
-        )
-        mailbox.add_flags(folder, uids, flags)
+        flags = plan_flags(plan)
+        if not plan.move or plan.copies:
+            mailbox.add_flags(folder, uids, flags)
+            flags = []
         for destination in plan.copies:
             mailbox.ensure_folder(destination)
             if not ours(destination):
                 mailbox.copy(folder, uids, destination)
         if plan.move:
             mailbox.ensure_folder(plan.move)
-            mailbox.move(folder, uids, plan.move)
+            mailbox.tag_and_move(folder, dict.fromkeys(uids, flags), plan.move)
         return "redone", "done", "redone after restart"

@@ -67,3 +67,30 @@ def test_fetch_is_capped_and_never_marks_read(tmp_path: Path) -> None:
     assert msg.size == len(raws[0])
     assert msg.truncated
     assert "\\Seen" not in backend.fetch("INBOX", [1], 50)[0].flags
+
+
+def test_tag_and_move_writes_flags_in_the_destination(tmp_path: Path) -> None:
+    backend, _raws = make(tmp_path, 40)
+    backend.select("INBOX")
+    flags = {uid: [f"$intent_{uid}", "\\Flagged"] for uid in range(1, 41)}
+    backend.tag_and_move("INBOX", dict(list(flags.items())[:20]), "A")
+    backend.tag_and_move("INBOX", dict(list(flags.items())[20:]), "B")
+    assert not (tmp_path / "mail" / "dovecot-keywords").exists()  # INBOX spent no letters
+    for folder, count in (("A", 20), ("B", 20)):
+        moved = backend.fetch(folder, backend.uids_above(folder, 0), 100)
+        assert len(moved) == count
+        assert all(
+            "\\Flagged" in m.flags and any(f.startswith("$intent_") for f in m.flags) for m in moved
+        )
+
+
+def test_keyword_letters_are_reused_once_free(tmp_path: Path) -> None:
+    backend, _raws = make(tmp_path, 30)
+    backend.select("INBOX")
+    for uid in range(1, 27):  # 26 distinct keywords fill the table
+        backend.add_flags("INBOX", [uid], [f"$k{uid}"])
+    backend.move("INBOX", list(range(1, 27)), "Done")  # their letters are free again
+    backend.add_flags("INBOX", [27, 28], ["$fresh"])
+    assert "$fresh" in backend.fetch("INBOX", [27], 100)[0].flags
+    done = backend.fetch("Done", backend.uids_above("Done", 0), 100)
+    assert sorted(f for m in done for f in m.flags) == sorted(f"$k{u}" for u in range(1, 27))

@@ -8,7 +8,8 @@ with the folder's UIDVALIDITY.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -111,6 +112,22 @@ class Mailbox(ABC):
     @abstractmethod
     def move(self, folder: str, uids: Sequence[int], destination: str) -> None:
         """Move messages; never removes any other message from ``folder``."""
+
+    def tag_and_move(
+        self, folder: str, flags_by_uid: Mapping[int, Sequence[str]], destination: str
+    ) -> None:
+        """Add each message's flags, then move them all to ``destination``.
+
+        The default stores the flags in ``folder`` (grouped by flag) and moves; a backend
+        that can write flags as part of the move (Maildir) overrides it.
+        """
+        by_flag: dict[str, list[int]] = defaultdict(list)
+        for uid, flags in flags_by_uid.items():
+            for flag in flags:
+                by_flag[flag].append(uid)
+        for flag, uids in by_flag.items():
+            self.add_flags(folder, uids, [flag])
+        self.move(folder, list(flags_by_uid), destination)
 
     @abstractmethod
     def delete(self, folder: str, uids: Sequence[int]) -> None:

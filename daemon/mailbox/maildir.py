@@ -15,7 +15,7 @@ import json
 import mailbox
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -99,17 +99,37 @@ class _Folder:
                 table[int(index)] = name
         return [table[i] for i in sorted(table)]
 
+    def _write_keywords(self, names: list[str]) -> None:
+        _atomic_write(self.path / KEYWORDS, "".join(f"{i} {n}\n" for i, n in enumerate(names)))
+
     def letter(self, keyword: str) -> str:
+        """The info-field letter for ``keyword`` in this folder, assigning one if needed.
+
+        Maildir has 26 keyword letters per folder; when all are taken, a letter that no
+        message in the folder carries any more is reused.
+        """
         names = self.keywords()
-        if keyword not in names:
-            if len(names) >= len(LETTERS):
-                raise MailboxError(
-                    f"Maildir folder {self.path} already has {len(LETTERS)} keywords, the most "
-                    f"Maildir can carry; cannot add {keyword!r}"
-                )
+        if keyword in names:
+            return LETTERS[names.index(keyword)]
+        if len(names) < len(LETTERS):
             names.append(keyword)
-            _atomic_write(self.path / KEYWORDS, "".join(f"{i} {n}\n" for i, n in enumerate(names)))
-        return LETTERS[names.index(keyword)]
+            self._write_keywords(names)
+            return LETTERS[len(names) - 1]
+        used: set[str] = set()
+        for key in self.box.iterkeys():
+            try:
+                used.update(self.box.get_message(key).get_flags())
+            except KeyError:
+                continue
+        for index, letter in enumerate(LETTERS):
+            if letter not in used:
+                names[index] = keyword
+                self._write_keywords(names)
+                return letter
+        raise MailboxError(
+            f"Maildir folder {self.path}: all {len(LETTERS)} keyword letters are in use; "
+            f"cannot add {keyword!r}"
+        )
 
     def file_of(self, key: str) -> Path:
         msg = self.box.get_message(key)
@@ -296,7 +316,14 @@ class MaildirMailbox(Mailbox):
     def remove_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
         self._set(folder, uids, flags, add=False)
 
-    def _transfer(self, folder: str, uids: Sequence[int], destination: str, keep: bool) -> None:
+    def _transfer(
+        self,
+        folder: str,
+        uids: Sequence[int],
+        destination: str,
+        keep: bool,
+        extra: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
         source = self._folder(folder)
         mapping = source.refresh()
         self.ensure_folder(destination)
@@ -320,6 +347,8 @@ class MaildirMailbox(Mailbox):
                         letters += target.letter(src_keywords[index])
                 else:
                     letters += c
+            for flag in (extra or {}).get(uid, ()):
+                letters += SYSTEM[flag] if flag in SYSTEM else target.letter(flag)
             info = "2," + "".join(sorted(set(letters)))
             new_key = key if not keep else f"{key}.c{int(time.time() * 1e6)}"
             dest = target.path / "cur" / f"{new_key}{target.box.colon}{info}"
@@ -340,6 +369,13 @@ class MaildirMailbox(Mailbox):
 
     def move(self, folder: str, uids: Sequence[int], destination: str) -> None:
         self._transfer(folder, uids, destination, keep=False)
+
+    def tag_and_move(
+        self, folder: str, flags_by_uid: Mapping[int, Sequence[str]], destination: str
+    ) -> None:
+        """Move, writing the new flags in the destination (one rename per message): the
+        source folder's 26 keyword letters are never spent on messages that leave."""
+        self._transfer(folder, list(flags_by_uid), destination, keep=False, extra=flags_by_uid)
 
     def delete(self, folder: str, uids: Sequence[int]) -> None:
         handle = self._folder(folder)

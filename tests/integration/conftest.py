@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +40,17 @@ RULES = {
 }
 
 
+USERS = [f"user{i:03d}" for i in range(64)]
+_free_users = list(USERS)
+
+
 @pytest.fixture(scope="session")
 def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
     server = Dovecot(tmp_path_factory.mktemp("dovecot"))
+    # All users exist before Dovecot starts: its passwd-file reload after a change can lag
+    # behind a login that follows the change within the same second.
+    for name in USERS:
+        server.add_user(name)
     server.start()
     yield server
     server.stop()
@@ -91,9 +98,9 @@ class MailUser:
 @pytest.fixture
 def mail_user(dovecot: Dovecot) -> MailUser:
     """A fresh mailbox user for each test."""
-    name = f"u{uuid.uuid4().hex[:10]}"
-    dovecot.add_user(name)
-    return MailUser(name, dovecot)
+    if not _free_users:
+        pytest.fail(f"all {len(USERS)} test mail users are taken; raise the pool size")
+    return MailUser(_free_users.pop(0), dovecot)
 
 
 @pytest.fixture
