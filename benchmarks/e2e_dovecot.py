@@ -54,7 +54,7 @@ def main() -> None:
             "rules": str(args.rules.resolve()),
             "state": str(root / "state.db"),
             "log_format": "json",
-            "log_level": "warning",
+            "log_level": "info",  # one JSON event per decision, as deployed
             "http": {"enabled": False},
             "classifier": {"threads": args.threads},
             "accounts": [

@@ -67,7 +67,7 @@ class Account(_Strict):
     fetch_max_bytes: int = Field(
         default=256 * 1024, ge=4096, description="Fetch at most this much of each message."
     )
-    batch_size: int = Field(default=50, ge=1, le=1000, description="Messages per fetch batch.")
+    batch_size: int = Field(default=100, ge=1, le=1000, description="Messages per batch.")
     feedback: bool = Field(
         default=False, description="Store model input texts (needed to learn from corrections)."
     )

@@ -386,15 +386,15 @@ class Triage:
         """Apply plans in few commands: flags and copies first, then each destination's
         moves together with the flags of the messages that go there (``tag_and_move``:
         on Maildir the flags are written in the destination, not the source)."""
-        flagged_here: dict[str, list[_Item]] = defaultdict(list)
+        flagged_here: dict[tuple[str, ...], list[_Item]] = defaultdict(list)
         copies: dict[str, list[_Item]] = defaultdict(list)
         moves: dict[str, list[_Item]] = defaultdict(list)
         for item in items:
             assert item.plan is not None
             travels = bool(item.plan.move) and not item.plan.copies
-            if not travels:
-                for flag in plan_flags(item.plan):
-                    flagged_here[flag].append(item)
+            flags = tuple(sorted(set(plan_flags(item.plan))))
+            if not travels and flags:
+                flagged_here[flags].append(item)  # one STORE per distinct set of flags
             for destination in item.plan.copies:
                 copies[destination].append(item)
             if item.plan.move:
@@ -414,8 +414,13 @@ class Triage:
                 for item in live:
                     failed[item.message.uid] = f"{kind} {target} failed: {exc}"
 
-        for flag, group in flagged_here.items():
-            attempt("flag", flag, group, partial(self._flag, mailbox, folder, flag, group, failed))
+        for flags, group in flagged_here.items():
+            attempt(
+                "flag",
+                " ".join(flags),
+                group,
+                partial(self._flag, mailbox, folder, list(flags), group, failed),
+            )
         for destination, group in copies.items():
             attempt(
                 "copy",
@@ -441,10 +446,14 @@ class Triage:
 
     @staticmethod
     def _flag(
-        mailbox: Mailbox, folder: str, flag: str, group: list[_Item], failed: dict[int, str]
+        mailbox: Mailbox,
+        folder: str,
+        flags: list[str],
+        group: list[_Item],
+        failed: dict[int, str],
     ) -> None:
         mailbox.add_flags(
-            folder, [i.message.uid for i in group if i.message.uid not in failed], [flag]
+            folder, [i.message.uid for i in group if i.message.uid not in failed], flags
         )
 
     @staticmethod

@@ -121,12 +121,12 @@ class Mailbox(ABC):
         The default stores the flags in ``folder`` (grouped by flag) and moves; a backend
         that can write flags as part of the move (Maildir) overrides it.
         """
-        by_flag: dict[str, list[int]] = defaultdict(list)
+        by_flags: dict[tuple[str, ...], list[int]] = defaultdict(list)
         for uid, flags in flags_by_uid.items():
-            for flag in flags:
-                by_flag[flag].append(uid)
-        for flag, uids in by_flag.items():
-            self.add_flags(folder, uids, [flag])
+            if flags:
+                by_flags[tuple(sorted(set(flags)))].append(uid)
+        for flags, uids in by_flags.items():  # one STORE per distinct set of flags
+            self.add_flags(folder, uids, list(flags))
         self.move(folder, list(flags_by_uid), destination)
 
     @abstractmethod
