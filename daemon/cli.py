@@ -520,11 +520,22 @@ def backfill(
     settings.account(account)
     service = _service(settings, dry_run)
     mode = Mode(dry_run=service.dry_run, backfill=True, since=since, limit=limit)
+
+    class Bar:
+        def __init__(self, bar: Any) -> None:
+            self.bar = bar
+
+        def total(self, count: int) -> None:
+            self.bar.length = (self.bar.length or 0) + count
+
+        def advance(self, count: int) -> None:
+            self.bar.update(count)
+
     try:
         with click.progressbar(
-            length=limit or 0, label=f"backfill {account}", file=sys.stderr, show_pos=True
+            length=0, label=f"backfill {account}", file=sys.stderr, show_pos=True
         ) as bar:
-            report = service.cycle(account, mode, progress=bar.update)
+            report = service.cycle(account, mode, progress=Bar(bar))
     finally:
         service.close()
     _summary({account: report}, service.dry_run)

@@ -29,7 +29,7 @@ from daemon.metrics import Metrics
 from daemon.runtime import Runtime
 from daemon.settings import Account, Settings
 from daemon.state import StateStore
-from daemon.triage import CycleReport, Mode, Triage
+from daemon.triage import CycleReport, Mode, Progress, Triage
 
 log = structlog.get_logger("cleaninbox.service")
 MAX_BACKOFF = 900.0
@@ -65,7 +65,7 @@ class Service:
     # -- one account -----------------------------------------------------------------------
 
     def cycle(
-        self, name: str, mode: Mode | None = None, progress: Callable[[int], None] | None = None
+        self, name: str, mode: Mode | None = None, progress: Progress | None = None
     ) -> CycleReport:
         """One cycle over one account, retrying a lost connection a few times."""
         account = self.settings.account(name)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -58,6 +58,14 @@ class CycleReport:
         self.actions.update(other.actions)
         self.intents.update(other.intents)
         self.notes += other.notes
+
+
+class Progress(Protocol):
+    """Told how many messages a run will decide, then as batches finish (backfill's bar)."""
+
+    def total(self, count: int) -> None: ...
+
+    def advance(self, count: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,7 @@ class Triage:
         account: Account,
         mailbox: Mailbox,
         mode: Mode | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> CycleReport:
         mode = mode or Mode()
         report = CycleReport(account.name)
@@ -185,7 +193,7 @@ class Triage:
         mailbox: Mailbox,
         folder: str,
         mode: Mode,
-        progress: Callable[[int], None] | None,
+        progress: Progress | None,
     ) -> CycleReport:
         report = CycleReport(account.name)
         with self._stage("fetch"):
@@ -217,6 +225,8 @@ class Triage:
         else:
             high_water = saved.high_water
 
+        if not mode.backfill and 0 < status.uidnext <= high_water + 1:
+            return report  # UIDNEXT has not moved past the mark: no new mail, no SEARCH
         with self._stage("fetch"):
             if mode.backfill:
                 uids = mailbox.uids_since(folder, mode.since)
@@ -227,6 +237,8 @@ class Triage:
         if mode.limit is not None:
             todo = todo[: mode.limit]
         report.new = len(todo)
+        if progress is not None:
+            progress.total(len(todo))
         for start in range(0, len(todo), account.batch_size):
             if self.stop.is_set():
                 log.info(
@@ -236,7 +248,7 @@ class Triage:
             batch = todo[start : start + account.batch_size]
             self._batch(account, mailbox, folder, status.uidvalidity, batch, mode, report)
             if progress is not None:
-                progress(len(batch))
+                progress.advance(len(batch))
             top = max(batch)
             if not mode.dry_run and not mode.backfill and top > high_water:
                 high_water = top

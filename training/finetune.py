@@ -233,7 +233,16 @@ def fit(
         torch.set_num_threads(config.threads)
     train_ids = encode(tokenizer, train_texts, max_length)
     val_ids = encode(tokenizer, val_texts, max_length)
-    init_head_from_probe(model, train_ids, train_labels, pad_id, config.probe_c, config.seed)
+    probe_ids, probe_labels = train_ids, list(train_labels)
+    if augment is not None and config.email_augment_fraction > 0:
+        # The probe also sees a share of the texts as the daemon will: rendered as emails.
+        rng = random.Random(config.seed + 1)
+        extra = [i for i in range(len(train_texts)) if rng.random() < config.email_augment_fraction]
+        probe_ids = train_ids + encode(
+            tokenizer, [augment(train_texts[i], rng) for i in extra], max_length
+        )
+        probe_labels = probe_labels + [train_labels[i] for i in extra]
+    init_head_from_probe(model, probe_ids, probe_labels, pad_id, config.probe_c, config.seed)
     probe_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
     log(f"linear probe: validation accuracy {probe_acc:.4f}")
     result = FitResult(model, probe_acc, 0, probe_acc)

@@ -223,3 +223,26 @@ def test_check_config_connects(workdir: Path, mail_user: MailUser) -> None:
     result = cli(workdir, "check-config", "--connect", check=False)
     assert result.returncode == 2
     assert "folder(s) not found: Nope" in result.stderr
+
+
+def test_backfill_triages_old_mail_in_steps(workdir: Path, mail_user: MailUser) -> None:
+    old = [email("how do I activate my card", 60 + i) for i in range(4)]
+    for raw in old:
+        mail_user.append(raw)
+    cli(workdir, "once")  # first start: old mail is left alone
+    assert len(mail_user.messages("INBOX")) == 4
+    before = snapshot(mail_user)
+    cli(workdir, "backfill", "--account", "work", "--limit", "2", "--dry-run")
+    assert snapshot(mail_user) == before
+    out = cli(workdir, "backfill", "--account", "work", "--limit", "2")
+    assert "backfill work" in out.stderr  # the progress bar
+    assert len(mail_user.messages("Triage/All")) == 2
+    cli(workdir, "backfill", "--account", "work", "--since", "2999-01-01")
+    assert len(mail_user.messages("Triage/All")) == 2  # nothing delivered that late
+    cli(workdir, "backfill", "--account", "work")
+    assert set(mail_user.messages("Triage/All")) == {mid(r) for r in old}
+    assert len(cli(workdir, "history", "--json").stdout.splitlines()) == 4
+    bad = cli(workdir, "backfill", "--account", "nope", check=False)
+    assert bad.returncode == 2 and "no account named 'nope'" in bad.stderr
+    bad = cli(workdir, "backfill", "--account", "work", "--since", "yesterday", check=False)
+    assert bad.returncode == 2 and "is not a date" in bad.stderr
