@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("BANKING77_DIR", "data/raw/banking77"))
     )
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=100, help="account batch_size")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 

@@ -66,6 +66,7 @@ class Classifier:
         top_k: int = 5,
         abstain_threshold: float | None = None,
         verify: bool = True,
+        spin_wait: bool = False,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest: Manifest = load_manifest(self.bundle_dir, verify=verify)
@@ -92,6 +93,12 @@ class Classifier:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # The daemon alternates inference with IMAP round trips: idle worker threads that
+        # spin waiting for work take the CPU the rest of the cycle needs (on 2 cores the
+        # end-to-end rate rose from ~390 to ~475 messages/s with spinning off).
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spin_wait else "0"
+        )
         try:
             self.session = ort.InferenceSession(
                 str(self.bundle_dir / MODEL_NAME), options, providers=["CPUExecutionProvider"]

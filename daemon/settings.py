@@ -170,6 +170,11 @@ class ClassifierSettings(_Strict):
     abstain_threshold: float | None = Field(
         default=None, ge=0, le=1, description="Override the bundle's recommended threshold."
     )
+    spin_wait: bool = Field(
+        default=False,
+        description="Let idle inference threads spin (faster back-to-back inference, e.g. a "
+        "busy /v1/classify; slower triage cycles on few cores).",
+    )
 
 
 class Settings(YamlSettings):
