@@ -326,6 +326,9 @@ class StateStore:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+            hook = _write_hook
+            if hook is not None:
+                hook(self.writes + 1)  # a test may kill the process before this commit
             self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self.db.in_transaction:
@@ -333,9 +336,6 @@ class StateStore:
                     self.db.execute("ROLLBACK")
             raise StateError(f"state {self.path}: {self._explain(exc)}") from exc
         self.writes += 1
-        hook = _write_hook
-        if hook is not None:
-            hook(self.writes)
 
     def _rows(self, query: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._mutex:
@@ -507,12 +507,13 @@ class StateStore:
         return {r["status"]: int(r["n"]) for r in rows}
 
 
-# A test-only hook (see tests/reliability): called with the number of committed writes.
+# A test-only hook: called before each commit with the number that write will have.
 _write_hook: Any = None
 
 
 def install_write_hook_from_env() -> None:
-    """``CLEANINBOX_TEST_KILL_AT_WRITE=N`` SIGKILLs this process after its N-th state write."""
+    """``CLEANINBOX_TEST_KILL_AT_WRITE=N`` SIGKILLs this process just before its N-th state
+    write commits (crash tests; never set in production)."""
     target = os.environ.get("CLEANINBOX_TEST_KILL_AT_WRITE")
     if not target:
         return

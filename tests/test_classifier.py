@@ -47,16 +47,15 @@ def test_confidence_is_temperature_scaled(classifier: Classifier) -> None:
     np.testing.assert_allclose(classifier.probabilities(TEXTS).sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_results_come_back_in_input_order(tiny_bundle: Path) -> None:
-    """Batches are sorted by length internally; results must not be."""
+def test_a_result_does_not_depend_on_its_batch(tiny_bundle: Path) -> None:
+    """Per-token int8 scales: a text's logits are the same alone, in any batch, padded or
+    not, and come back in input order although batches are sorted by length."""
     one_by_one = Classifier(tiny_bundle, batch_size=1)
     batched = Classifier(tiny_bundle, batch_size=4)
     single = np.stack([one_by_one.logits([t])[0] for t in TEXTS])
-    np.testing.assert_allclose(one_by_one.logits(TEXTS), single, rtol=1e-5, atol=1e-5)
-    # Batched int8 results may differ slightly (activation ranges are per batch) but each
-    # row must still belong to its own text.
-    together = batched.logits(TEXTS)
-    assert (together.argmax(1) == single.argmax(1)).mean() >= 0.8
+    np.testing.assert_allclose(batched.logits(TEXTS), single, rtol=1e-4, atol=1e-4)
+    crowd = ["card " * 40, *TEXTS, "a much longer message about a transfer " * 3]
+    np.testing.assert_allclose(batched.logits(crowd)[1:-1], single, rtol=1e-4, atol=1e-4)
 
 
 def test_threshold_override_and_empty_input(tiny_bundle: Path) -> None:
