@@ -371,10 +371,10 @@ def _settings(config_path: Path | None, overrides: tuple[str, ...]) -> Any:
 
 
 def _service(settings: Any, dry_run: bool) -> Any:
+    from daemon.faults import install_write_hook
     from daemon.service import Service
-    from daemon.state import install_write_hook_from_env
 
-    install_write_hook_from_env()
+    install_write_hook()
     return Service(settings, dry_run=dry_run or settings.dry_run)
 
 

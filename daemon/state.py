@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -507,23 +507,10 @@ class StateStore:
         return {r["status"]: int(r["n"]) for r in rows}
 
 
-# A test-only hook: called before each commit with the number that write will have.
-_write_hook: Any = None
+# A test-only hook (daemon/faults.py): called before each commit with that write's number.
+_write_hook: Callable[[int], None] | None = None
 
 
-def install_write_hook_from_env() -> None:
-    """``CLEANINBOX_TEST_KILL_AT_WRITE=N`` SIGKILLs this process just before its N-th state
-    write commits (crash tests; never set in production)."""
-    target = os.environ.get("CLEANINBOX_TEST_KILL_AT_WRITE")
-    if not target:
-        return
-    limit = int(target)
-
-    def hook(writes: int) -> None:
-        if writes >= limit:
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-
+def set_write_hook(hook: Callable[[int], None] | None) -> None:
     global _write_hook
     _write_hook = hook

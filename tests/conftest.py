@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Dovecot, mail users and daemon working directories for integration and reliability tests.
+pytest_plugins = ["tests.mail_fixtures"]
+
 
 def banking77_path() -> Path:
     env = os.environ.get("BANKING77_DIR")

@@ -12,9 +12,10 @@ def open_mailbox(account: Account) -> Mailbox:
         from daemon.mailbox.maildir import MaildirMailbox
 
         return MaildirMailbox(account)
+    from daemon.faults import command_hook
     from daemon.mailbox.imap import ImapMailbox
 
-    return ImapMailbox(account)
+    return ImapMailbox(account, on_command=command_hook())
 
 
 __all__ = ["Capabilities", "FetchedMessage", "FolderStatus", "Mailbox", "open_mailbox"]

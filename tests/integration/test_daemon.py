@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,53 +11,7 @@ from pathlib import Path
 import yaml
 
 from daemon.classifier import Classifier
-from daemon.samples import render_email
-from tests.dovecot import PASSWORD
-from tests.integration.conftest import MailUser
-
-ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD}
-
-
-def cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args, "--config", str(workdir / "cleaninbox.yaml")],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=workdir,
-        timeout=120,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def email(query: str, seed: int, **headers: str) -> bytes:
-    rng = random.Random(seed)
-    raw = render_email(query, rng, style="plain", extra_headers=None)
-    for key, value in headers.items():
-        raw = raw.replace(f"{key}: ".encode(), f"X-Old-{key}: ".encode(), 1)
-        raw = f"{key}: {value}\r\n".encode() + raw
-    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-def mid(raw: bytes) -> str:
-    for line in raw.split(b"\r\n"):
-        if line.lower().startswith(b"message-id:"):
-            return line.split(b":", 1)[1].strip().decode()
-    raise AssertionError("no Message-ID")
-
-
-def snapshot(user: MailUser) -> dict[str, object]:
-    return {
-        folder: {
-            m: (v["flags"] - {"\\Recent"}, hashlib.sha256(v["raw"]).hexdigest())  # type: ignore[arg-type]
-            for m, v in user.messages(folder).items()
-        }
-        for folder in ("INBOX", "Triage/All")
-    }
+from tests.mail_fixtures import ENV, MailUser, cli, email, mid, snapshot
 
 
 def test_files_new_mail_by_rules_exactly_once(

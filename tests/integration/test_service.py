@@ -17,8 +17,7 @@ import pytest
 import yaml
 
 from tests.dovecot import PASSWORD, free_port
-from tests.integration.conftest import MailUser
-from tests.integration.test_daemon import email, mid
+from tests.mail_fixtures import MailUser, email, mid
 
 ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD, "CLEANINBOX_TEST_TOKEN": "t0ken"}
 

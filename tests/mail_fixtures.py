@@ -1,8 +1,13 @@
-"""Fixtures for tests against a real Dovecot started by the suite."""
+"""Fixtures for tests against a real Dovecot started by the suite (integration, reliability)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import random
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +16,7 @@ import pytest
 import yaml
 from imapclient import IMAPClient
 
+from daemon.samples import render_email
 from tests.dovecot import PASSWORD, Dovecot
 
 RULES = {
@@ -70,6 +76,12 @@ class MailUser:
     def append(self, raw: bytes, folder: str = "INBOX") -> None:
         with self.client() as c:
             c.append(folder, raw)
+
+    def folders(self) -> list[str]:
+        with self.client() as c:
+            return [
+                str(name) for flags, _delim, name in c.list_folders() if b"\\Noselect" not in flags
+            ]
 
     def messages(self, folder: str) -> dict[str, dict[str, object]]:
         """Message-ID -> {uid, flags, raw} of every message in ``folder``."""
@@ -132,3 +144,51 @@ def workdir(tmp_path: Path, tiny_bundle: Path, mail_user: MailUser, dovecot: Dov
     }
     (tmp_path / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
     return tmp_path
+
+
+ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD}
+
+
+def cli(
+    workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cleaninbox ARGS --config workdir/cleaninbox.yaml`` as a real process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args, "--config", str(workdir / "cleaninbox.yaml")],
+        capture_output=True,
+        text=True,
+        env={**ENV, **(env or {})},
+        cwd=workdir,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def email(query: str, seed: int, **headers: str) -> bytes:
+    rng = random.Random(seed)
+    raw = render_email(query, rng, style="plain", extra_headers=None)
+    for key, value in headers.items():
+        raw = raw.replace(f"{key}: ".encode(), f"X-Old-{key}: ".encode(), 1)
+        raw = f"{key}: {value}\r\n".encode() + raw
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def mid(raw: bytes) -> str:
+    for line in raw.split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode()
+    raise AssertionError("no Message-ID")
+
+
+def snapshot(user: MailUser) -> dict[str, object]:
+    return {
+        folder: {
+            m: (v["flags"] - {"\\Recent"}, hashlib.sha256(v["raw"]).hexdigest())  # type: ignore[arg-type]
+            for m, v in user.messages(folder).items()
+        }
+        for folder in ("INBOX", "Triage/All")
+    }

@@ -1,0 +1,159 @@
+"""The invariant checked after every reliability test (issue 4).
+
+Every seeded message exists exactly once, byte-identical, not marked \\Deleted, in exactly
+one of: its rule's destination, the review destination, or the source folder with a
+recorded skip reason; the state DB agrees with the server; and a rerun performs zero
+actions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.samples import render_email
+from tests.mail_fixtures import MailUser, cli, snapshot
+
+SEED_HEADER = b"X-CleanInbox-Seed"
+
+
+@dataclass(frozen=True)
+class Seed:
+    name: str
+    message_id: str
+    sha256: str
+
+
+def seed_messages(
+    user: MailUser, count: int, prefix: str, folder: str = "INBOX", queries: list[str] | None = None
+) -> dict[str, Seed]:
+    """Append ``count`` messages, each with a unique seed header; remember their sha256."""
+    seeds: dict[str, Seed] = {}
+    rng = random.Random(prefix)
+    texts = queries or [
+        "I lost my card",
+        "Where is my transfer?",
+        "Why was I charged a fee?",
+        "My top-up failed",
+        "How do I verify my identity?",
+    ]
+    with user.client() as client:
+        for i in range(count):
+            name = f"{prefix}-{i}"
+            message_id = f"<{name}@seed.cleaninbox.example>"
+            raw = render_email(texts[i % len(texts)], rng, style="signature", message_id=message_id)
+            raw = SEED_HEADER + b": " + name.encode() + b"\n" + raw
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            client.append(folder, raw)
+            seeds[name] = Seed(name, message_id, hashlib.sha256(raw).hexdigest())
+    return seeds
+
+
+def locate(user: MailUser) -> dict[str, list[tuple[str, set[str], str]]]:
+    """seed -> [(folder, flags, sha256)] for every copy on the server."""
+    found: dict[str, list[tuple[str, set[str], str]]] = {}
+    for folder in user.folders():
+        for _mid, message in user.messages(folder).items():
+            raw = message["raw"]
+            assert isinstance(raw, bytes)
+            head = raw.split(b"\r\n\r\n", 1)[0]
+            for line in head.split(b"\r\n"):
+                if line.startswith(SEED_HEADER + b":"):
+                    name = line.split(b":", 1)[1].strip().decode()
+                    flags = message["flags"]
+                    assert isinstance(flags, set)
+                    found.setdefault(name, []).append(
+                        (folder, flags, hashlib.sha256(raw).hexdigest())
+                    )
+    return found
+
+
+def check(
+    user: MailUser,
+    workdir: Path,
+    seeds: dict[str, Seed],
+    *,
+    destinations: set[str],
+    source: str = "INBOX",
+    rerun: bool = True,
+) -> None:
+    located = locate(user)
+    db = sqlite3.connect(workdir / "var" / "state.db")
+    db.row_factory = sqlite3.Row
+    rows = db.execute("SELECT * FROM decisions WHERE kind = 'triage'").fetchall()
+    by_mid: dict[str, list[sqlite3.Row]] = {}
+    for row in rows:
+        by_mid.setdefault(row["message_id"], []).append(row)
+    problems = []
+    for name, seed in seeds.items():
+        copies = located.get(name, [])
+        if len(copies) != 1:
+            problems.append(f"{name}: {len(copies)} copies {[c[0] for c in copies]}")
+            continue
+        folder, flags, sha = copies[0]
+        if sha != seed.sha256:
+            problems.append(f"{name}: bytes changed")
+        if "\\Deleted" in flags:
+            problems.append(f"{name}: marked \\Deleted in {folder}")
+        decisions = by_mid.get(seed.message_id, [])
+        if len(decisions) > 1:
+            problems.append(f"{name}: {len(decisions)} triage decisions")
+        decision = decisions[0] if decisions else None
+        if folder in destinations:
+            if (
+                decision is None
+                or decision["status"] != "done"
+                or decision["destination"] != folder
+            ):
+                problems.append(
+                    f"{name}: in {folder} but the state says {dict(decision) if decision else None}"
+                )
+        elif folder == source:
+            reason = decision["reason"] if decision else None
+            if (
+                decision is None
+                or decision["status"] not in ("skipped", "failed", "done")
+                or (decision["destination"] is not None)
+                or not (reason or decision["status"] == "done")
+            ):
+                problems.append(
+                    f"{name}: left in {source} without a recorded reason "
+                    f"({dict(decision) if decision else None})"
+                )
+        else:
+            problems.append(f"{name}: in unexpected folder {folder}")
+    pending = db.execute("SELECT count(*) FROM decisions WHERE status = 'pending'").fetchone()[0]
+    db.close()
+    if pending:
+        problems.append(f"{pending} decisions still pending")
+    assert not problems, "\n".join(problems[:20])
+    if rerun:
+        before = snapshot_all(user)
+        decisions_before = len(rows)
+        cli(workdir, "once")
+        assert snapshot_all(user) == before, "a rerun changed the server"
+        db = sqlite3.connect(workdir / "var" / "state.db")
+        after = db.execute("SELECT count(*) FROM decisions WHERE kind = 'triage'").fetchone()[0]
+        db.close()
+        assert after == decisions_before, "a rerun recorded new decisions"
+
+
+def snapshot_all(user: MailUser) -> str:
+    state = {
+        folder: {
+            m: (
+                sorted(v["flags"] - {"\\Recent"}),  # type: ignore[operator]
+                hashlib.sha256(v["raw"]).hexdigest(),
+            )  # type: ignore[arg-type]
+            for m, v in user.messages(folder).items()
+        }
+        for folder in user.folders()
+    }
+    return json.dumps(state, sort_keys=True)
+
+
+__all__ = ["Seed", "check", "locate", "seed_messages", "snapshot"]
