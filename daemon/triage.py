@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -33,6 +33,10 @@ from daemon.state import NewDecision, StateStore, Status
 from daemon.text import EmailText, email_to_text
 
 log = structlog.get_logger("cleaninbox.triage")
+NO_SAFE_MOVE = (
+    "left in place: the server offers neither MOVE nor UIDPLUS, and a plain EXPUNGE "
+    "could remove other clients' messages"
+)
 
 
 @dataclass
@@ -274,6 +278,8 @@ class Triage:
     ) -> None:
         loaded = self.runtime.current
         classifier, rules = loaded.classifier, loaded.rules
+        capabilities = mailbox.capabilities
+        can_move = capabilities.move or capabilities.uidplus
         with self._stage("fetch"):
             messages = mailbox.fetch(folder, uids, account.fetch_max_bytes)
         with self._stage("parse"):
@@ -299,9 +305,12 @@ class Triage:
                 item.plan = rules.decide(
                     prediction.intent, prediction.confidence, prediction.abstain, headers
                 )
+                if item.plan.move and not can_move:
+                    item.plan = replace(item.plan, move=None)
+                    item.reason = NO_SAFE_MOVE
                 if item.plan.is_noop:
                     item.status = "done"
-                    item.reason = (
+                    item.reason = item.reason or (
                         "abstained; left alone"
                         if prediction.abstain
                         else f"rule {item.plan.rule}: nothing to do"
@@ -590,7 +599,8 @@ class Triage:
                 return []
             floor = extra.get(destination) or 0
             found = [u for u in mailbox.find_message_id(destination, mid) if u >= floor]
-            if len(found) > 1:  # an interrupted and retried command: keep one copy
+            if len(found) > 1 and mailbox.capabilities.uidplus:
+                # an interrupted and retried command left two: keep one copy
                 mailbox.delete(destination, found[1:])
                 found = found[:1]
             return found

@@ -1,0 +1,106 @@
+"""A TCP proxy of our own for network faults: cut the link at a chosen command, or throttle.
+
+It relays bytes between a client and an upstream server; ``cut_on`` makes it forward the
+first client chunk that contains a marker (e.g. ``b"UID MOVE"``) and then close both sides
+before any reply reaches the client, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+
+class Proxy:
+    def __init__(
+        self,
+        upstream_port: int,
+        *,
+        cut_on: bytes | None = None,
+        forward_cut: bool = True,
+        bytes_per_second: int | None = None,
+    ) -> None:
+        self.upstream_port = upstream_port
+        self.cut_on = cut_on
+        self.forward_cut = forward_cut  # forward the matching chunk before cutting?
+        self.bytes_per_second = bytes_per_second
+        self.cuts = 0
+        self.connections = 0
+        self.max_concurrent = 0
+        self._live = 0
+        self._lock = threading.Lock()
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.port = int(self._server.getsockname()[1])
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self.connections += 1
+                self._live += 1
+                self.max_concurrent = max(self.max_concurrent, self._live)
+            pair = _Pair(self, client, upstream)
+            threading.Thread(target=pair.pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=pair.pump, args=(upstream, client, False), daemon=True).start()
+
+    def _closed(self) -> None:
+        with self._lock:
+            self._live -= 1
+
+
+class _Pair:
+    def __init__(self, proxy: Proxy, client: socket.socket, upstream: socket.socket) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.upstream = upstream
+        self.done = False
+        self.lock = threading.Lock()
+
+    def shut(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+        for s in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self.proxy._closed()
+
+    def pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
+        proxy = self.proxy
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if from_client and proxy.cut_on and proxy.cuts == 0 and proxy.cut_on in data:
+                    proxy.cuts += 1
+                    if proxy.forward_cut:
+                        sink.sendall(data)
+                        time.sleep(0.05)  # the server has the command; its reply is lost
+                    break
+                if proxy.bytes_per_second:
+                    for i in range(0, len(data), 256):
+                        sink.sendall(data[i : i + 256])
+                        time.sleep(256 / proxy.bytes_per_second)
+                else:
+                    sink.sendall(data)
+        except OSError:
+            pass
+        self.shut()
