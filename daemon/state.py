@@ -80,6 +80,7 @@ class FolderState:
     folder: str
     uidvalidity: int
     high_water: int
+    updated_at: str = ""  # ISO 8601 UTC of the last successful update
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,13 @@ class StateStore:
         if not rows:
             return None
         row = rows[0]
-        return FolderState(row["account"], row["folder"], row["uidvalidity"], row["high_water"])
+        return FolderState(
+            row["account"],
+            row["folder"],
+            row["uidvalidity"],
+            row["high_water"],
+            row["updated_at"],
+        )
 
     def set_folder(self, account: str, folder: str, uidvalidity: int, high_water: int) -> None:
         with self._transaction() as db:
@@ -486,6 +493,20 @@ class StateStore:
     def undone_ids(self) -> set[int]:
         rows = self._rows("SELECT undo_of FROM decisions WHERE kind = 'undo' AND status = 'done'")
         return {int(r["undo_of"]) for r in rows if r["undo_of"] is not None}
+
+    def decided_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of ``message_ids`` already have a triage decision in ``account``."""
+        found: set[str] = set()
+        for start in range(0, len(message_ids), 500):
+            chunk = list(message_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._rows(
+                "SELECT DISTINCT message_id FROM decisions WHERE kind = 'triage' "
+                f"AND account = ? AND message_id IN ({marks})",
+                (account, *chunk),
+            )
+            found.update(str(r["message_id"]) for r in rows)
+        return found
 
     def undone_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
         """Which of ``message_ids`` were triaged in ``account`` and later restored by undo."""

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
 
@@ -24,12 +25,12 @@ import structlog
 
 from daemon.classifier import Prediction
 from daemon.errors import ConnectionLostError, MailboxError
-from daemon.mailbox.base import FetchedMessage, Mailbox
+from daemon.mailbox.base import FetchedMessage, FolderStatus, Mailbox
 from daemon.metrics import Metrics
 from daemon.rules import Headers, Plan
 from daemon.runtime import Runtime
 from daemon.settings import Account
-from daemon.state import NewDecision, StateStore, Status
+from daemon.state import FolderState, NewDecision, StateStore, Status
 from daemon.text import EmailText, email_to_text
 
 log = structlog.get_logger("cleaninbox.triage")
@@ -89,6 +90,14 @@ class _Item:
     status: Status = "pending"
     reason: str | None = None
     decision_id: int = 0
+
+
+def _parse_time(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def plan_flags(plan: Plan) -> list[str]:
@@ -203,23 +212,10 @@ class Triage:
         with self._stage("fetch"):
             status = mailbox.select(folder)
         saved = self.store.folder(account.name, folder)
+        if saved is not None and saved.uidvalidity != status.uidvalidity and not mode.backfill:
+            return self._uidvalidity_changed(account, mailbox, folder, saved, status, mode)
         if saved is None or saved.uidvalidity != status.uidvalidity:
-            if saved is not None:
-                log.warning(
-                    "uidvalidity_changed",
-                    account=account.name,
-                    folder=folder,
-                    stored=saved.uidvalidity,
-                    server=status.uidvalidity,
-                    action="stored UIDs are void; resuming with mail that arrives from now on",
-                )
-                self.metrics.errors.labels(account.name, "uidvalidity_changed").inc()
-                report.notes.append(
-                    f"{folder}: UIDVALIDITY changed ({saved.uidvalidity} -> "
-                    f"{status.uidvalidity}); resumed at UIDNEXT"
-                )
-            else:
-                report.notes.append(f"{folder}: first start, old mail left untouched")
+            report.notes.append(f"{folder}: first start, old mail left untouched")
             high_water = status.uidnext - 1
             if not mode.dry_run:
                 with self._state() as store:
@@ -264,6 +260,66 @@ class Triage:
             if not mode.dry_run and not mode.backfill and top > high_water:
                 with self._state() as store:
                     store.set_folder(account.name, folder, status.uidvalidity, top)
+        return report
+
+    def _uidvalidity_changed(
+        self,
+        account: Account,
+        mailbox: Mailbox,
+        folder: str,
+        saved: FolderState,
+        status: FolderStatus,
+        mode: Mode,
+    ) -> CycleReport:
+        """The folder's UIDs were renumbered (or it was recreated): stored UIDs are void.
+
+        Messages are re-identified by Message-ID: those already decided are left alone;
+        the rest are triaged if they were delivered since the last successful cycle, and
+        left alone (as on a first start) if older. Nothing is done to a stale UID.
+        """
+        report = CycleReport(account.name)
+        since = _parse_time(saved.updated_at)
+        with self._stage("fetch"):
+            # SEARCH SINCE is by date in the server's time zone: a day earlier, then filtered.
+            day = (since - timedelta(days=1)).date().isoformat() if since else None
+            uids = mailbox.uids_since(folder, day)
+            identities = mailbox.identify(folder, uids)
+        decided = self.store.decided_message_ids(
+            account.name, [i.message_id for i in identities.values() if i.message_id]
+        )
+        margin = timedelta(minutes=5)  # clock skew between the server and us
+        todo: list[int] = []
+        for uid in sorted(identities):
+            identity = identities[uid]
+            if identity.message_id and identity.message_id in decided:
+                continue
+            if since and identity.internal_date and identity.internal_date < since - margin:
+                continue
+            todo.append(uid)
+        log.warning(
+            "uidvalidity_changed",
+            account=account.name,
+            folder=folder,
+            stored=saved.uidvalidity,
+            server=status.uidvalidity,
+            recognised=sum(1 for i in identities.values() if i.message_id in decided),
+            to_triage=len(todo),
+            action="stored UIDs are void; messages re-identified by Message-ID",
+        )
+        self.metrics.errors.labels(account.name, "uidvalidity_changed").inc()
+        report.notes.append(
+            f"{folder}: UIDVALIDITY changed ({saved.uidvalidity} -> {status.uidvalidity}); "
+            f"{len(todo)} message(s) since the last cycle re-identified as new"
+        )
+        report.new = len(todo)
+        for start in range(0, len(todo), account.batch_size):
+            if self.stop.is_set():
+                return report  # the folder keeps its old UIDVALIDITY: redone next cycle
+            batch = todo[start : start + account.batch_size]
+            self._batch(account, mailbox, folder, status.uidvalidity, batch, mode, report)
+        if not mode.dry_run:
+            with self._state() as store:
+                store.set_folder(account.name, folder, status.uidvalidity, status.uidnext - 1)
         return report
 
     def _batch(

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class FetchedMessage:
     @property
     def truncated(self) -> bool:
         return len(self.raw) < self.size
+
+
+@dataclass(frozen=True)
+class Identity:
+    message_id: str | None
+    internal_date: datetime | None  # timezone-aware
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,10 @@ class Mailbox(ABC):
     @abstractmethod
     def message_ids(self, folder: str, uids: Sequence[int]) -> dict[int, str | None]:
         """Message-ID header of each existing UID."""
+
+    @abstractmethod
+    def identify(self, folder: str, uids: Sequence[int]) -> dict[int, Identity]:
+        """Message-ID and delivery time of each existing UID (cheap: headers only)."""
 
     @abstractmethod
     def find_message_id(self, folder: str, message_id: str) -> list[int]:

@@ -21,7 +21,7 @@ from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
 
 from daemon.errors import ConfigError, ConnectionLostError, MailboxError
-from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Mailbox
+from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Identity, Mailbox
 from daemon.settings import Account
 
 log = structlog.get_logger("cleaninbox.imap")
@@ -321,6 +321,28 @@ class ImapMailbox(Mailbox):
                 parsed = email.message_from_bytes(raw or b"", policy=email.policy.compat32)
                 value = parsed.get("Message-ID")
                 out[int(uid)] = " ".join(str(value).split()) if value else None
+        return out
+
+    def identify(self, folder: str, uids: Sequence[int]) -> dict[int, Identity]:
+        self._ensure_selected(folder)
+        out: dict[int, Identity] = {}
+        for chunk in _chunks(uids):
+            with self._guard("UID FETCH"):
+                data = self._cmd("UID FETCH").fetch(
+                    chunk, ["INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]
+                )
+            for uid, item in data.items():
+                raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
+                value = email.message_from_bytes(raw or b"", policy=email.policy.compat32).get(
+                    "Message-ID"
+                )
+                when = item.get(b"INTERNALDATE")
+                if isinstance(when, datetime) and when.tzinfo is None:
+                    when = when.astimezone()  # imapclient gives local naive times by default
+                out[int(uid)] = Identity(
+                    " ".join(str(value).split()) if value else None,
+                    when if isinstance(when, datetime) else None,
+                )
         return out
 
     def find_message_id(self, folder: str, message_id: str) -> list[int]:

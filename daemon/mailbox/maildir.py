@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from daemon.errors import ConfigError, MailboxError
-from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Mailbox
+from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Identity, Mailbox
 from daemon.settings import Account
 
 UIDLIST = "cleaninbox-uidlist"
@@ -279,6 +279,19 @@ class MaildirMailbox(Mailbox):
 
             value = email.message_from_bytes(head + b"\n\n").get("Message-ID")
             out[uid] = " ".join(str(value).split()) if value else None
+        return out
+
+    def identify(self, folder: str, uids: Sequence[int]) -> dict[int, Identity]:
+        handle = self._folder(folder)
+        mapping = handle.refresh()
+        ids = self.message_ids(folder, uids)
+        out: dict[int, Identity] = {}
+        for uid, message_id in ids.items():
+            try:
+                when = datetime.fromtimestamp(handle.box.get_message(mapping[uid]).get_date(), UTC)
+            except KeyError:
+                continue
+            out[uid] = Identity(message_id, when)
         return out
 
     def find_message_id(self, folder: str, message_id: str) -> list[int]:
