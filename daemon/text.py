@@ -228,15 +228,36 @@ def parse_message(raw: bytes) -> Message:
     return email.message_from_bytes(raw[:MAX_INPUT_BYTES], policy=email.policy.compat32)
 
 
+def _unparsed(raw: bytes | Message, reason: str) -> EmailText:
+    """A skip result that still carries the headers the audit log needs, read from the
+    header block alone (which the MIME parser never reached)."""
+    if not isinstance(raw, bytes):
+        return EmailText("", "", "", None, None, reason)
+    head = raw[:MAX_PART_BYTES].replace(b"\r\n", b"\n").split(b"\n\n", 1)[0] + b"\n\n"
+    try:
+        headers = email.message_from_bytes(head, policy=email.policy.compat32)
+    except Exception:
+        return EmailText("", "", "", None, None, reason)
+    return EmailText(
+        "",
+        _decode_header(headers.get("Subject"))[:500],
+        "",
+        _decode_header(headers.get("Message-ID")) or None,
+        None,
+        reason,
+        sender=_decode_header(headers.get("From"))[:500],
+    )
+
+
 def email_to_text(raw: bytes | Message) -> EmailText:
     """Extract the model input from an email (bytes as fetched, or a parsed message)."""
     truncated = isinstance(raw, bytes) and len(raw) > MAX_INPUT_BYTES
     try:
         msg = parse_message(raw) if isinstance(raw, bytes) else raw
     except RecursionError:
-        return EmailText("", "", "", None, None, "MIME structure nested too deeply to parse")
+        return _unparsed(raw, "MIME structure nested too deeply to parse")
     except Exception as exc:
-        return EmailText("", "", "", None, None, f"unparseable message: {type(exc).__name__}")
+        return _unparsed(raw, f"unparseable message: {type(exc).__name__}")
     subject = _decode_header(msg.get("Subject"))[:500]
     message_id = _decode_header(msg.get("Message-ID")) or None
     sender = _decode_header(msg.get("From"))[:500]

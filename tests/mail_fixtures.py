@@ -95,10 +95,11 @@ class MailUser:
                 return out
             for uid, data in c.fetch(uids, ["BODY.PEEK[]", "FLAGS"]).items():
                 raw = data[b"BODY[]"]
+                head = raw.split(b"\r\n\r\n", 1)[0]
                 mid = next(
                     (
-                        line.split(b":", 1)[1].strip().decode()
-                        for line in raw.split(b"\r\n")
+                        line.split(b":", 1)[1].strip().decode("utf-8", "replace")
+                        for line in head.split(b"\r\n")
                         if line.lower().startswith(b"message-id:")
                     ),
                     f"uid-{uid}",

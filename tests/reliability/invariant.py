@@ -53,9 +53,9 @@ def seed_messages(
     return seeds
 
 
-def locate(user: MailUser) -> dict[str, list[tuple[str, set[str], str]]]:
-    """seed -> [(folder, flags, sha256)] for every copy on the server."""
-    found: dict[str, list[tuple[str, set[str], str]]] = {}
+def locate(user: MailUser) -> dict[str, list[tuple[str, set[str], str, int]]]:
+    """seed -> [(folder, flags, sha256, uid)] for every copy on the server."""
+    found: dict[str, list[tuple[str, set[str], str, int]]] = {}
     for folder in user.folders():
         for _mid, message in user.messages(folder).items():
             raw = message["raw"]
@@ -66,8 +66,10 @@ def locate(user: MailUser) -> dict[str, list[tuple[str, set[str], str]]]:
                     name = line.split(b":", 1)[1].strip().decode()
                     flags = message["flags"]
                     assert isinstance(flags, set)
+                    uid = message["uid"]
+                    assert isinstance(uid, int)
                     found.setdefault(name, []).append(
-                        (folder, flags, hashlib.sha256(raw).hexdigest())
+                        (folder, flags, hashlib.sha256(raw).hexdigest(), uid)
                     )
     return found
 
@@ -94,12 +96,23 @@ def check(
         if len(copies) != 1:
             problems.append(f"{name}: {len(copies)} copies {[c[0] for c in copies]}")
             continue
-        folder, flags, sha = copies[0]
+        folder, flags, sha, uid = copies[0]
         if sha != seed.sha256:
             problems.append(f"{name}: bytes changed")
         if "\\Deleted" in flags:
             problems.append(f"{name}: marked \\Deleted in {folder}")
-        decisions = by_mid.get(seed.message_id, [])
+        if seed.message_id:
+            decisions = by_mid.get(seed.message_id, [])
+        else:  # no Message-ID: match by where it is (source UID, or destination)
+            decisions = [
+                r
+                for r in rows
+                if r["message_id"] is None
+                and (
+                    (r["folder"] == folder and r["uid"] == uid and r["destination"] is None)
+                    or r["destination"] == folder
+                )
+            ][:1]
         if len(decisions) > 1:
             problems.append(f"{name}: {len(decisions)} triage decisions")
         decision = decisions[0] if decisions else None
