@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -387,6 +387,17 @@ class Rules:
                 elif isinstance(action, CopyAction):
                     out.add(action.copy_to)
         return out
+
+    def review_plan(self) -> Plan:
+        """For messages the model could not classify: the abstain default's tags, but never
+        a move or copy (the message stays where it is)."""
+        plan = self._plan(
+            "unclassified",
+            self.spec.abstain.actions,
+            {"intent": "unknown", "group": "unknown", "rule": "unclassified"},
+            abstained=True,
+        )
+        return replace(plan, move=None, copies=())
 
     def decide(self, intent: str, confidence: float, abstain: bool, headers: Headers) -> Plan:
         """The plan for one classified message."""

@@ -170,6 +170,12 @@ class ClassifierSettings(_Strict):
     abstain_threshold: float | None = Field(
         default=None, ge=0, le=1, description="Override the bundle's recommended threshold."
     )
+    timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A batch the model has not classified by then is "
+        "left in place, tagged like an abstention (without moving), with the reason recorded.",
+    )
     spin_wait: bool = Field(
         default=False,
         description="Let idle inference threads spin (faster back-to-back inference, e.g. a "

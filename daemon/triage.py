@@ -15,6 +15,8 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -23,8 +25,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from daemon.classifier import Prediction
-from daemon.errors import ConnectionLostError, MailboxError
+from daemon.classifier import Classifier, Prediction
+from daemon.errors import ConnectionLostError, MailboxError, ModelError
 from daemon.mailbox.base import FetchedMessage, FolderStatus, Mailbox
 from daemon.metrics import Metrics
 from daemon.rules import Headers, Plan
@@ -129,6 +131,34 @@ def _action_kind(plan: Plan) -> str:
     return "none"
 
 
+class BoundedInference:
+    """Runs the classifier in a worker thread with a time limit.
+
+    A model that hangs cannot be interrupted inside onnxruntime; when it overruns, the call
+    fails with ModelError (the messages are left in place with that reason), the stuck
+    worker is abandoned and a fresh one serves the next batch.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cleaninbox-model")
+
+    def predict(self, classifier: Classifier, texts: list[str]) -> list[Prediction]:
+        future = self._pool.submit(classifier.predict, texts)
+        try:
+            return future.result(timeout=self.timeout)
+        except FuturesTimeout:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cleaninbox-model")
+            raise ModelError(
+                f"the model did not answer within {self.timeout:g} s (classifier.timeout_seconds)"
+            ) from None
+        except ModelError:
+            raise
+        except Exception as exc:  # a broken model must not stop the cycle
+            raise ModelError(f"the model failed: {type(exc).__name__}: {exc}") from exc
+
+
 class Triage:
     """Runs cycles; shared by every account (the state store serialises writes)."""
 
@@ -146,6 +176,7 @@ class Triage:
         self.metrics = metrics
         self.stop = stop or threading.Event()
         self._state_lock = state_lock or threading.Lock()
+        self.inference = BoundedInference(runtime.settings.classifier.timeout_seconds)
         #: Seconds spent per stage since start (also exported as cleaninbox_stage_seconds_total).
         self.stage_seconds: defaultdict[str, float] = defaultdict(float)
 
@@ -349,9 +380,27 @@ class Triage:
                 item.status, item.reason = "skipped", "restored by undo; not triaged again"
             else:
                 todo.append(item)
+        predictions: list[Prediction] | None = None
         if todo:
-            with self._stage("classify"):
-                predictions = classifier.predict([i.text.text for i in todo])
+            try:
+                with self._stage("classify"):
+                    predictions = self.inference.predict(classifier, [i.text.text for i in todo])
+            except ModelError as exc:
+                self.metrics.errors.labels(account.name, "model").inc()
+                log.error(
+                    "classifier_failed",
+                    account=account.name,
+                    folder=folder,
+                    messages=len(todo),
+                    error=str(exc),
+                )
+                review = rules.review_plan()
+                for item in todo:
+                    item.plan = review
+                    item.status = "pending" if not review.is_noop else "skipped"
+                    item.reason = f"not classified: {exc}"
+                todo = []
+        if todo and predictions is not None:
             per_message = classifier.last_inference_seconds / len(todo)
             self.metrics.inference_batch.observe(classifier.last_inference_seconds)
             for item, prediction in zip(todo, predictions, strict=True):
