@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -268,9 +269,18 @@ class StateStore:
             raise StateError(f"state {self.path}: {self._explain(exc)}") from exc
         return db
 
-    @staticmethod
-    def _explain(exc: sqlite3.Error) -> str:
+    def _explain(self, exc: sqlite3.Error) -> str:
         text = str(exc)
+        if "disk I/O error" in text or "full" in text:
+            try:
+                free = shutil.disk_usage(self.path.parent).free
+            except OSError:
+                free = None
+            if free is not None and free < 1 << 20:
+                return (
+                    f"the disk is full ({free} bytes free in {self.path.parent}); "
+                    "free space and start again"
+                )
         if "readonly" in text or "read-only" in text:
             return "the database is read-only; CleanInbox needs to write its state"
         if "not a database" in text or "malformed" in text:

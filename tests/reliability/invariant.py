@@ -15,6 +15,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from daemon.samples import render_email
 from tests.mail_fixtures import MailUser, cli, snapshot
 
@@ -84,7 +86,7 @@ def check(
     rerun: bool = True,
 ) -> None:
     located = locate(user)
-    db = sqlite3.connect(workdir / "var" / "state.db")
+    db = sqlite3.connect(state_path(workdir))
     db.row_factory = sqlite3.Row
     rows = db.execute("SELECT * FROM decisions WHERE kind = 'triage'").fetchall()
     by_mid: dict[str, list[sqlite3.Row]] = {}
@@ -149,10 +151,16 @@ def check(
         decisions_before = len(rows)
         cli(workdir, "once")
         assert snapshot_all(user) == before, "a rerun changed the server"
-        db = sqlite3.connect(workdir / "var" / "state.db")
+        db = sqlite3.connect(state_path(workdir))
         after = db.execute("SELECT count(*) FROM decisions WHERE kind = 'triage'").fetchone()[0]
         db.close()
         assert after == decisions_before, "a rerun recorded new decisions"
+
+
+def state_path(workdir: Path) -> Path:
+    """The state database named by workdir/cleaninbox.yaml (relative to that file)."""
+    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
+    return workdir / settings["state"]
 
 
 def snapshot_all(user: MailUser) -> str:
