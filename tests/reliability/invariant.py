@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -76,15 +76,33 @@ def locate(user: MailUser) -> dict[str, list[tuple[str, set[str], str, int]]]:
     return found
 
 
-def check(
+@dataclass
+class Findings:
+    """What the invariant found, by kind (all zero when it holds)."""
+
+    lost: int = 0
+    duplicated: int = 0
+    misrouted: int = 0
+    changed: int = 0
+    deleted: int = 0
+    state: int = 0
+    pending: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, problem: str) -> None:
+        setattr(self, kind, getattr(self, kind) + 1)
+        self.problems.append(problem)
+
+
+def examine(
     user: MailUser,
     workdir: Path,
     seeds: dict[str, Seed],
     *,
     destinations: set[str],
     source: str = "INBOX",
-    rerun: bool = True,
-) -> None:
+) -> Findings:
+    found = Findings()
     located = locate(user)
     db = sqlite3.connect(state_path(workdir))
     db.row_factory = sqlite3.Row
@@ -92,17 +110,19 @@ def check(
     by_mid: dict[str, list[sqlite3.Row]] = {}
     for row in rows:
         by_mid.setdefault(row["message_id"], []).append(row)
-    problems = []
     for name, seed in seeds.items():
         copies = located.get(name, [])
-        if len(copies) != 1:
-            problems.append(f"{name}: {len(copies)} copies {[c[0] for c in copies]}")
+        if not copies:
+            found.add("lost", f"{name}: lost")
+            continue
+        if len(copies) > 1:
+            found.add("duplicated", f"{name}: {len(copies)} copies {[c[0] for c in copies]}")
             continue
         folder, flags, sha, uid = copies[0]
         if sha != seed.sha256:
-            problems.append(f"{name}: bytes changed")
+            found.add("changed", f"{name}: bytes changed")
         if "\\Deleted" in flags:
-            problems.append(f"{name}: marked \\Deleted in {folder}")
+            found.add("deleted", f"{name}: marked \\Deleted in {folder}")
         if seed.message_id:
             decisions = by_mid.get(seed.message_id, [])
         else:  # no Message-ID: match by where it is (source UID, or destination)
@@ -116,45 +136,62 @@ def check(
                 )
             ][:1]
         if len(decisions) > 1:
-            problems.append(f"{name}: {len(decisions)} triage decisions")
+            found.add("state", f"{name}: {len(decisions)} triage decisions")
         decision = decisions[0] if decisions else None
+        described = dict(decision) if decision else None
         if folder in destinations:
             if (
                 decision is None
                 or decision["status"] != "done"
-                or decision["destination"] != folder
+                or (decision["destination"] != folder)
             ):
-                problems.append(
-                    f"{name}: in {folder} but the state says {dict(decision) if decision else None}"
-                )
+                found.add("state", f"{name}: in {folder} but the state says {described}")
         elif folder == source:
-            reason = decision["reason"] if decision else None
             if (
                 decision is None
                 or decision["status"] not in ("skipped", "failed", "done")
-                or (decision["destination"] is not None)
-                or not (reason or decision["status"] == "done")
+                or decision["destination"] is not None
+                or not (decision["reason"] or decision["status"] == "done")
             ):
-                problems.append(
-                    f"{name}: left in {source} without a recorded reason "
-                    f"({dict(decision) if decision else None})"
+                found.add(
+                    "state", f"{name}: left in {source} without a recorded reason ({described})"
                 )
         else:
-            problems.append(f"{name}: in unexpected folder {folder}")
+            found.add("misrouted", f"{name}: in unexpected folder {folder}")
     pending = db.execute("SELECT count(*) FROM decisions WHERE status = 'pending'").fetchone()[0]
     db.close()
     if pending:
-        problems.append(f"{pending} decisions still pending")
-    assert not problems, "\n".join(problems[:20])
+        found.pending = int(pending)
+        found.problems.append(f"{pending} decisions still pending")
+    return found
+
+
+def rerun_actions(user: MailUser, workdir: Path) -> int:
+    """Run once more; the number of new decisions plus 1 if the server changed."""
+    before = snapshot_all(user)
+    db = sqlite3.connect(state_path(workdir))
+    count = db.execute("SELECT count(*) FROM decisions WHERE kind = 'triage'").fetchone()[0]
+    db.close()
+    cli(workdir, "once")
+    db = sqlite3.connect(state_path(workdir))
+    after = db.execute("SELECT count(*) FROM decisions WHERE kind = 'triage'").fetchone()[0]
+    db.close()
+    return int(after - count) + int(snapshot_all(user) != before)
+
+
+def check(
+    user: MailUser,
+    workdir: Path,
+    seeds: dict[str, Seed],
+    *,
+    destinations: set[str],
+    source: str = "INBOX",
+    rerun: bool = True,
+) -> None:
+    found = examine(user, workdir, seeds, destinations=destinations, source=source)
+    assert not found.problems, "\n".join(found.problems[:20])
     if rerun:
-        before = snapshot_all(user)
-        decisions_before = len(rows)
-        cli(workdir, "once")
-        assert snapshot_all(user) == before, "a rerun changed the server"
-        db = sqlite3.connect(state_path(workdir))
-        after = db.execute("SELECT count(*) FROM decisions WHERE kind = 'triage'").fetchone()[0]
-        db.close()
-        assert after == decisions_before, "a rerun recorded new decisions"
+        assert rerun_actions(user, workdir) == 0, "a rerun acted"
 
 
 def state_path(workdir: Path) -> Path:
