@@ -38,5 +38,7 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    for noisy in ("apscheduler", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # APScheduler warns at every tick a long cycle overlaps ("maximum number of running
+    # instances reached"): expected with one instance per account, so only errors show.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

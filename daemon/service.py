@@ -32,7 +32,6 @@ from daemon.state import StateStore
 from daemon.triage import CycleReport, Mode, Progress, Triage
 
 log = structlog.get_logger("cleaninbox.service")
-MAX_BACKOFF = 900.0
 
 
 @dataclass
@@ -115,7 +114,7 @@ class Service:
         state = self._backoff[name]
         state.failures += 1
         interval = self.settings.interval(self.settings.account(name))
-        delay = min(MAX_BACKOFF, interval * 2 ** min(state.failures - 1, 10))
+        delay = min(self.settings.backoff_max, interval * 2 ** min(state.failures - 1, 10))
         delay *= random.uniform(0.8, 1.2)
         log.error(
             "cycle_failed",

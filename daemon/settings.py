@@ -199,6 +199,9 @@ class Settings(YamlSettings):
     dry_run: bool = Field(default=False, description="Decide and log, change nothing.")
     poll_interval: float = Field(default=60.0, gt=0, description="Default seconds per cycle.")
     jitter: float = Field(default=5.0, ge=0, description="Random delay added to each cycle.")
+    backoff_max: float = Field(
+        default=300.0, gt=0, description="Longest wait before retrying a failing account."
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http: HttpSettings = HttpSettings()

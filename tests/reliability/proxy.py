@@ -11,6 +11,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 
 class Proxy:
@@ -21,11 +22,13 @@ class Proxy:
         cut_on: bytes | None = None,
         forward_cut: bool = True,
         bytes_per_second: int | None = None,
+        on_match: Callable[[], None] | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.cut_on = cut_on
         self.forward_cut = forward_cut  # forward the matching chunk before cutting?
         self.bytes_per_second = bytes_per_second
+        self.on_match = on_match  # instead of cutting: call this once (after forwarding)
         self.cuts = 0
         self.connections = 0
         self.max_concurrent = 0
@@ -49,7 +52,11 @@ class Proxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:  # the server is down: refuse this client, keep listening
+                client.close()
+                continue
             with self._lock:
                 self.connections += 1
                 self._live += 1
@@ -91,6 +98,10 @@ class _Pair:
                     break
                 if from_client and proxy.cut_on and proxy.cuts == 0 and proxy.cut_on in data:
                     proxy.cuts += 1
+                    if proxy.on_match is not None:
+                        sink.sendall(data)
+                        threading.Thread(target=proxy.on_match, daemon=True).start()
+                        continue
                     if proxy.forward_cut:
                         sink.sendall(data)
                         time.sleep(0.05)  # the server has the command; its reply is lost
