@@ -32,6 +32,7 @@ from daemon.state import StateStore
 from daemon.triage import CycleReport, Mode, Progress, Triage
 
 log = structlog.get_logger("cleaninbox.service")
+SHUTDOWN_GRACE = 10.0  # seconds a running cycle gets to finish after SIGTERM
 
 
 @dataclass
@@ -201,13 +202,28 @@ class Service:
                 status = 1
                 self.stop.set()
         log.info("stopping", reason="signal" if status == 0 else "error")
-        scheduler.shutdown(wait=True)
+        scheduler.shutdown(wait=False)
+        self._drain(SHUTDOWN_GRACE)
         if server is not None:
             server.should_exit = True
         self.close()
         log.info("stopped")
         time.sleep(0)  # let log lines flush in order
         return status
+
+    def _drain(self, grace: float) -> None:
+        """Let running cycles finish the batch in hand; after ``grace`` seconds, break the
+        connections they are blocked on (a pending decision is reconciled at the next
+        start, exactly as after a lost connection)."""
+        deadline = time.monotonic() + grace
+        for name, lock in self._locks.items():
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                lock.release()
+                continue
+            log.warning("aborting", account=name, reason=f"cycle still running after {grace:g} s")
+            self.mailboxes[name].abort()
+            if lock.acquire(timeout=grace):
+                lock.release()
 
     def close(self) -> None:
         for mailbox in self.mailboxes.values():

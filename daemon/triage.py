@@ -36,6 +36,7 @@ from daemon.state import FolderState, NewDecision, StateStore, Status
 from daemon.text import EmailText, email_to_text
 
 log = structlog.get_logger("cleaninbox.triage")
+VANISHED = "vanished: another client moved or deleted it after it was fetched; nothing was done"
 NO_SAFE_MOVE = (
     "left in place: the server offers neither MOVE nor UIDPLUS, and a plain EXPUNGE "
     "could remove other clients' messages"
@@ -58,6 +59,7 @@ class CycleReport:
     intents: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     dest_uidnext: dict[str, int] = field(default_factory=dict)  # per-cycle cache
+    moved: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # to verify
 
     def merge(self, other: CycleReport) -> None:
         for name in ("new", "decided", "acted", "abstained", "skipped", "failed", "reconciled"):
@@ -291,7 +293,34 @@ class Triage:
             if not mode.dry_run and not mode.backfill and top > high_water:
                 with self._state() as store:
                     store.set_folder(account.name, folder, status.uidvalidity, top)
+        self._verify_arrivals(account, mailbox, folder, report)
         return report
+
+    def _verify_arrivals(
+        self, account: Account, mailbox: Mailbox, folder: str, report: CycleReport
+    ) -> None:
+        """Check each destination once per pass: a message another client moved or deleted
+        just before our MOVE is not there, and its decision becomes 'failed: vanished'."""
+        vanished: list[tuple[int, Status, str | None]] = []
+        for destination, moved in report.moved.items():
+            floor = report.dest_uidnext.get(destination, 1)
+            arrived = set(mailbox.message_ids_from(destination, floor).values())
+            for decision_id, message_id in moved:
+                if message_id not in arrived:
+                    vanished.append((decision_id, "failed", VANISHED))
+                    log.warning(
+                        "vanished",
+                        account=account.name,
+                        folder=folder,
+                        message_id=message_id,
+                        destination=destination,
+                    )
+        report.moved.clear()
+        if vanished:
+            report.failed += len(vanished)
+            self.metrics.errors.labels(account.name, "vanished").inc(len(vanished))
+            with self._state() as store:
+                store.finish_each(vanished)
 
     def _uidvalidity_changed(
         self,
@@ -348,6 +377,7 @@ class Triage:
                 return report  # the folder keeps its old UIDVALIDITY: redone next cycle
             batch = todo[start : start + account.batch_size]
             self._batch(account, mailbox, folder, status.uidvalidity, batch, mode, report)
+        self._verify_arrivals(account, mailbox, folder, report)
         if not mode.dry_run:
             with self._state() as store:
                 store.set_folder(account.name, folder, status.uidvalidity, status.uidnext - 1)
@@ -452,6 +482,11 @@ class Triage:
                 self._apply(account, mailbox, folder, acting)
             with self._state() as store:
                 store.finish_each([(i.decision_id, i.status, i.reason) for i in acting])
+            for item in acting:
+                if item.status == "done" and item.plan and item.plan.move and item.text.message_id:
+                    report.moved.setdefault(item.plan.move, []).append(
+                        (item.decision_id, item.text.message_id)
+                    )
         for item in items:
             self._account_for(account, folder, item, classifier.version, report, dry_run=False)
 
@@ -507,7 +542,11 @@ class Triage:
         )
 
     def _apply(
-        self, account: Account, mailbox: Mailbox, folder: str, items: Sequence[_Item]
+        self,
+        account: Account,
+        mailbox: Mailbox,
+        folder: str,
+        items: Sequence[_Item],
     ) -> None:
         """Apply plans in few commands: flags and copies first, then each destination's
         moves together with the flags of the messages that go there (``tag_and_move``:
@@ -526,6 +565,12 @@ class Triage:
             if item.plan.move:
                 moves[item.plan.move].append(item)
         failed: dict[int, str] = {}
+        # Another client may have moved or deleted messages since they were fetched: act
+        # only on those still there, and record the rest as vanished.
+        present = mailbox.existing(folder, [i.message.uid for i in items])
+        for item in items:
+            if item.message.uid not in present:
+                failed[item.message.uid] = VANISHED
 
         def attempt(kind: str, target: str, group: list[_Item], run: Callable[[], None]) -> None:
             live = [i for i in group if i.message.uid not in failed]
@@ -592,7 +637,11 @@ class Triage:
 
     @staticmethod
     def _move(
-        mailbox: Mailbox, folder: str, destination: str, group: list[_Item], failed: dict[int, str]
+        mailbox: Mailbox,
+        folder: str,
+        destination: str,
+        group: list[_Item],
+        failed: dict[int, str],
     ) -> None:
         """Items with copies had their flags set before copying; the rest carry them."""
         mailbox.tag_and_move(

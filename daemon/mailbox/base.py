@@ -64,6 +64,11 @@ class Mailbox(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def abort(self) -> None:
+        """Break the connection from another thread, so a blocked command fails at once.
+        Local stores never block on a peer, so the default does nothing."""
+        return
+
     @property
     @abstractmethod
     def capabilities(self) -> Capabilities: ...
@@ -94,6 +99,11 @@ class Mailbox(ABC):
         """UIDs of messages delivered on/after the date ``since`` (YYYY-MM-DD), or all."""
 
     @abstractmethod
+    def existing(self, folder: str, uids: Sequence[int]) -> set[int]:
+        """Which of ``uids`` are still in ``folder`` (another client may have moved or
+        deleted some since they were fetched)."""
+
+    @abstractmethod
     def fetch(self, folder: str, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
         """Messages (at most ``max_bytes`` each), never marking them read. Vanished UIDs
         are simply absent from the result."""
@@ -105,6 +115,10 @@ class Mailbox(ABC):
     @abstractmethod
     def identify(self, folder: str, uids: Sequence[int]) -> dict[int, Identity]:
         """Message-ID and delivery time of each existing UID (cheap: headers only)."""
+
+    @abstractmethod
+    def message_ids_from(self, folder: str, uid: int) -> dict[int, str | None]:
+        """Message-ID of every message with a UID >= ``uid``."""
 
     @abstractmethod
     def find_message_id(self, folder: str, message_id: str) -> list[int]:

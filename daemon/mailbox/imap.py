@@ -171,6 +171,12 @@ class ImapMailbox(Mailbox):
         )
         log.debug("imap_connected", account=self.account, capabilities=sorted(caps))
 
+    def abort(self) -> None:
+        client = self._client
+        if client is not None:
+            with suppress(Exception):
+                client.socket().shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         client, self._client = self._client, None
         self._selected = None
@@ -217,6 +223,8 @@ class ImapMailbox(Mailbox):
         with self._guard(f"CREATE {folder}"):
             try:
                 self._cmd("CREATE").create_folder(self._name(folder))
+            except imap_exc.IMAPClientAbortError:
+                raise
             except imap_exc.IMAPClientError:
                 if not self._cmd("LIST").folder_exists(self._name(folder)):
                     raise
@@ -231,6 +239,8 @@ class ImapMailbox(Mailbox):
                 info = self._cmd("SELECT").select_folder(
                     self._name(folder), readonly=self.read_only
                 )
+            except imap_exc.IMAPClientAbortError:
+                raise  # the connection broke: _guard makes it a retryable ConnectionLostError
             except imap_exc.IMAPClientError as exc:
                 raise MailboxError(
                     f"account {self.account}: cannot select folder {folder!r}: {exc}"
@@ -276,6 +286,19 @@ class ImapMailbox(Mailbox):
         criteria: list[Any] = ["ALL"] if since is None else ["SINCE", date.fromisoformat(since)]
         with self._guard("UID SEARCH"):
             return sorted(int(u) for u in self._cmd("UID SEARCH").search(criteria))
+
+    def existing(self, folder: str, uids: Sequence[int]) -> set[int]:
+        self._ensure_selected(folder)
+        found: set[int] = set()
+        for chunk in _chunks(sorted(uids)):
+            with self._guard("UID SEARCH"):
+                found.update(
+                    int(u)
+                    for u in self._cmd("UID SEARCH").search(
+                        ["UID", ",".join(str(u) for u in chunk)]
+                    )
+                )
+        return found & set(uids)
 
     def fetch(self, folder: str, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
         self._ensure_selected(folder)
@@ -344,6 +367,9 @@ class ImapMailbox(Mailbox):
                     when if isinstance(when, datetime) else None,
                 )
         return out
+
+    def message_ids_from(self, folder: str, uid: int) -> dict[int, str | None]:
+        return self.message_ids(folder, self.uids_above(folder, max(0, uid - 1)))
 
     def find_message_id(self, folder: str, message_id: str) -> list[int]:
         self._ensure_selected(folder)

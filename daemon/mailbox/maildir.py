@@ -235,6 +235,9 @@ class MaildirMailbox(Mailbox):
         ]
         return tuple(flags)
 
+    def existing(self, folder: str, uids: Sequence[int]) -> set[int]:
+        return set(uids) & set(self._folder(folder).refresh())
+
     def fetch(self, folder: str, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
         handle = self._folder(folder)
         mapping = handle.refresh()
@@ -293,6 +296,9 @@ class MaildirMailbox(Mailbox):
                 continue
             out[uid] = Identity(message_id, when)
         return out
+
+    def message_ids_from(self, folder: str, uid: int) -> dict[int, str | None]:
+        return self.message_ids(folder, [u for u in self._folder(folder).refresh() if u >= uid])
 
     def find_message_id(self, folder: str, message_id: str) -> list[int]:
         mapping = self._folder(folder).refresh()

@@ -23,12 +23,14 @@ class Proxy:
         forward_cut: bool = True,
         bytes_per_second: int | None = None,
         on_match: Callable[[], None] | None = None,
+        before: Callable[[], None] | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.cut_on = cut_on
         self.forward_cut = forward_cut  # forward the matching chunk before cutting?
         self.bytes_per_second = bytes_per_second
         self.on_match = on_match  # instead of cutting: call this once (after forwarding)
+        self.before = before  # instead of cutting: call this once, then forward
         self.cuts = 0
         self.connections = 0
         self.max_concurrent = 0
@@ -76,6 +78,7 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self.done = False
+        self.dead = False
         self.lock = threading.Lock()
 
     def shut(self) -> None:
@@ -98,13 +101,20 @@ class _Pair:
                     break
                 if from_client and proxy.cut_on and proxy.cuts == 0 and proxy.cut_on in data:
                     proxy.cuts += 1
+                    if proxy.before is not None:
+                        proxy.before()  # synchronously: the command waits for it
+                        sink.sendall(data)
+                        continue
                     if proxy.on_match is not None:
                         sink.sendall(data)
                         threading.Thread(target=proxy.on_match, daemon=True).start()
                         continue
+                    self.dead = True  # from now on nothing reaches the client
                     if proxy.forward_cut:
                         sink.sendall(data)
                         time.sleep(0.05)  # the server has the command; its reply is lost
+                    break
+                if not from_client and self.dead:
                     break
                 if proxy.bytes_per_second:
                     for i in range(0, len(data), 256):

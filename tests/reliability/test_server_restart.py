@@ -86,7 +86,8 @@ def test_dovecot_killed_mid_batch(down_for: int, workdir: Path, restartable: Dov
         proxy.cut_on, proxy.on_match = b"UID MOVE", crash_and_restart  # mid-batch
         seeds = seed_messages(user, 30, f"restart-{down_for}")
         assert restarted.wait(down_for + 30), "the daemon never reached UID MOVE"
-        deadline = time.monotonic() + 60
+        # Dovecot may first wait out the locks its killed processes left behind.
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if len(user.messages("Triage/All")) == len(seeds):
                 break
