@@ -65,10 +65,23 @@ def describe_error(account: Account, exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"{where} did not answer within {account.timeout:g} s"
     if isinstance(exc, imap_exc.LoginError):
-        return f"login to {where} as {account.username} failed (check username and password)"
+        said = _server_text(exc)
+        if any(code in said for code in ("[UNAVAILABLE]", "[LIMIT]", "[INUSE]")):
+            return f"{where} refused the login for now, will retry: {said}"
+        return (
+            f"login to {where} as {account.username} failed (check username and password): {said}"
+        )
     if isinstance(exc, imap_exc.IMAPClientAbortError | ConnectionError | EOFError):
         return f"connection to {where} was lost: {exc or type(exc).__name__}"
     return f"{where}: {type(exc).__name__}: {exc}"
+
+
+def _server_text(exc: BaseException) -> str:
+    """The server's words from an imapclient/imaplib error (bytes reprs unwrapped)."""
+    text = str(exc)
+    if text.startswith(("b'", 'b"')):
+        text = text[2:-1]
+    return " ".join(text.split())[:300]
 
 
 class ImapMailbox(Mailbox):

@@ -27,7 +27,7 @@ def edit(workdir: Path, **account: object) -> None:
         ({"port": "free"}, "refused"),
         ({"host": "no-such-host.invalid"}, "cannot resolve host 'no-such-host.invalid'"),
         ({"ca_file": None}, "failed verification"),
-        ({"password_env": "WRONG_PASSWORD"}, "login to 127.0.0.1"),
+        ({"password_env": "WRONG_PASSWORD"}, "failed (check username and password)"),
         ({"folders": ["INBOX", "Nowhere"]}, "folder(s) not found: Nowhere"),
     ],
     ids=["wrong-port", "wrong-host", "tls-unverified", "wrong-password", "missing-folder"],
