@@ -13,7 +13,8 @@ import yaml
 
 from daemon.faults import KILL_AT_COMMAND, KILL_AT_WRITE
 from daemon.state import StateStore
-from tests.mail_fixtures import MailUser, cli
+from tests.dovecot import Dovecot
+from tests.mail_fixtures import USERS, MailUser, cli
 from tests.reliability.invariant import check, seed_messages
 
 DESTINATION = "Triage/All"
@@ -77,3 +78,33 @@ def test_random_kills_during_a_long_run(workdir: Path, mail_user: MailUser) -> N
     cli(workdir, "once")
     assert kills >= 5, kills
     check(mail_user, workdir, seeds, destinations={DESTINATION})
+
+
+@pytest.mark.parametrize("hook", [KILL_AT_WRITE, KILL_AT_COMMAND])
+def test_kill_at_every_point_on_the_copy_fallback(
+    hook: str, workdir: Path, dovecot_without_move: Dovecot
+) -> None:
+    """The same on a server without MOVE: COPY + STORE \\Deleted + UID EXPUNGE."""
+    user = MailUser(USERS[2 if hook == KILL_AT_WRITE else 3], dovecot_without_move)
+    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
+    settings["accounts"][0].update(
+        username=user.name,
+        port=dovecot_without_move.tls_port,
+        ca_file=str(dovecot_without_move.cert),
+    )
+    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+    crashes = 0
+    for n in range(1, 60):
+        reset(user, workdir)
+        seeds = seed_messages(user, 20, f"fb-{hook[-7:].lower()}{n}")
+        crashed = cli(workdir, "once", check=False, env={hook: str(n)})
+        if crashed.returncode == 0:
+            check(user, workdir, seeds, destinations={DESTINATION})
+            break
+        assert crashed.returncode == -9, (n, crashed.stdout, crashed.stderr)
+        crashes += 1
+        cli(workdir, "once")
+        check(user, workdir, seeds, destinations={DESTINATION}, rerun=n % 5 == 0)
+    else:
+        pytest.fail("the cycle never completed")
+    assert crashes >= (3 if hook == KILL_AT_WRITE else 10), crashes

@@ -4,7 +4,6 @@ after ``UID MOVE`` reaches the server but before its reply, and on the fallback 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,37 +15,6 @@ from tests.reliability.invariant import check, seed_messages
 from tests.reliability.proxy import Proxy
 
 DESTINATION = "Triage/All"
-CAPABILITIES = (
-    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
-    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
-    "NAMESPACE LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES WITHIN "
-    "CONTEXT=SEARCH LIST-STATUS BINARY SNIPPET=FUZZY PREVIEW=FUZZY PREVIEW STATUS=SIZE "
-    "SAVEDATE LITERAL+ NOTIFY"
-)
-
-
-@pytest.fixture(scope="module")
-def dovecot_without_move(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    """A Dovecot that does not advertise MOVE (UIDPLUS stays): the COPY fallback path."""
-    server = Dovecot(
-        tmp_path_factory.mktemp("dovecot-nomove"), capability_trim=f"{CAPABILITIES} UIDPLUS"
-    )
-    for name in USERS[:8]:
-        server.add_user(name)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def dovecot_bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    """A Dovecot with neither MOVE nor UIDPLUS."""
-    server = Dovecot(tmp_path_factory.mktemp("dovecot-bare"), capability_trim=CAPABILITIES)
-    for name in USERS[:8]:
-        server.add_user(name)
-    server.start()
-    yield server
-    server.stop()
 
 
 def through_proxy(workdir: Path, server: Dovecot, proxy: Proxy) -> None:
