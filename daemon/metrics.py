@@ -91,6 +91,18 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.idle_connected = Gauge(
+            "cleaninbox_idle_connected",
+            "1 while the IDLE watcher of a folder is connected and idling.",
+            ["account", "folder"],
+            registry=r,
+        )
+        self.idle_reconnects = Counter(
+            "cleaninbox_idle_reconnects_total",
+            "IDLE connections lost (or found dead by the liveness check) and replaced.",
+            ["account"],
+            registry=r,
+        )
         self.reconciled = Counter(
             "cleaninbox_reconciled_total",
             "Pending decisions found at start-up or after a failure, by outcome.",

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.errors import ConnectionLostError, MailboxError
 from daemon.http import Health, create_app, serve_in_thread
+from daemon.idle import STOP_CHECK, IdleWatcher
 from daemon.mailbox import Mailbox, open_mailbox
 from daemon.metrics import Metrics
 from daemon.runtime import Runtime
@@ -61,6 +62,10 @@ class Service:
         self._backoff = {a.name: _Backoff() for a in settings.accounts}
         self._locks = {a.name: threading.Lock() for a in settings.accounts}
         self.scheduler: BackgroundScheduler | None = None
+        # mode: idle accounts run in their own worker thread, woken by their IDLE watchers
+        self._wake = {a.name: threading.Event() for a in settings.accounts if a.mode == "idle"}
+        self._retry_in: dict[str, float] = {}
+        self.watchers: list[IdleWatcher] = []
 
     # -- one account -----------------------------------------------------------------------
 
@@ -124,10 +129,51 @@ class Service:
             failures=state.failures,
             retry_in_seconds=round(delay, 1),
         )
-        if self.scheduler is not None and not self.stop.is_set():
+        if name in self._wake:
+            self._retry_in[name] = delay
+        elif self.scheduler is not None and not self.stop.is_set():
             self.scheduler.modify_job(
                 name, next_run_time=datetime.now().astimezone() + timedelta(seconds=delay)
             )
+
+    def _idle_worker(self, name: str) -> None:
+        """Cycles for a mode: idle account: at once when a watcher wakes it, else every
+        poll interval (a safety net); a wake during a cycle starts another right after."""
+        wake = self._wake[name]
+        interval = self.settings.interval(self.settings.account(name))
+        wake.set()  # the first cycle runs at start, like a scheduled account's
+        while not self.stop.is_set():
+            wake.wait(interval)
+            if self.stop.is_set():
+                return
+            wake.clear()
+            self._job(name)
+            delay = self._retry_in.pop(name, None)
+            if delay is not None:
+                self.stop.wait(delay)
+
+    def _start_idle(self, account: Account) -> None:
+        name = account.name
+        wake = self._wake[name]
+
+        def woken(reason: str) -> None:
+            log.debug("woken", account=name, reason=reason)
+            wake.set()
+
+        threading.Thread(
+            target=self._idle_worker, args=(name,), name=f"triage-{name}", daemon=True
+        ).start()
+        for folder in account.folders:
+            watcher = IdleWatcher(
+                account,
+                folder,
+                woken,
+                self.stop,
+                self.metrics,
+                backoff_max=self.settings.backoff_max,
+            )
+            self.watchers.append(watcher)
+            watcher.start()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -175,6 +221,9 @@ class Service:
         self.scheduler = scheduler
         now = datetime.now().astimezone()
         for account in self.settings.accounts:
+            if account.mode == "idle":
+                self._start_idle(account)
+                continue
             scheduler.add_job(
                 self._job,
                 "interval",
@@ -204,6 +253,11 @@ class Service:
         log.info("stopping", reason="signal" if status == 0 else "error")
         scheduler.shutdown(wait=False)
         self._drain(SHUTDOWN_GRACE)
+        for watcher in self.watchers:  # they notice the stop flag within a second
+            watcher.join(STOP_CHECK + 1.0)
+            if watcher.thread.is_alive():
+                watcher.abort()
+                watcher.join(1.0)
         if server is not None:
             server.should_exit = True
         self.close()

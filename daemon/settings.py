@@ -71,6 +71,34 @@ class Account(_Strict):
     feedback: bool = Field(
         default=False, description="Store model input texts (needed to learn from corrections)."
     )
+    # IDLE
+    mode: Literal["poll", "idle"] = Field(
+        default="poll",
+        description="poll: a cycle every poll_interval; idle: also keep one IMAP IDLE "
+        "connection per watched folder and start a cycle as soon as mail arrives (the poll "
+        "still runs as a safety net).",
+    )
+    idle_reissue: float = Field(
+        default=1740.0,
+        gt=0,
+        le=1740.0,
+        description="Seconds before IDLE is ended and re-issued (RFC 2177 asks for under "
+        "29 minutes; lower it for servers or NAT boxes that drop quieter connections).",
+    )
+    liveness_timeout: float = Field(
+        default=60.0,
+        ge=2.0,
+        description="A silently dead IDLE link is detected and replaced within this many "
+        "seconds: after half of it without a word from the server the daemon ends IDLE and "
+        "expects the server's reply within the other half.",
+    )
+    max_connections: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Connections this account may hold at once: 1 for triage, plus one per "
+        "folder in mode: idle. Gmail allows 15 per account across all clients.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -100,6 +128,13 @@ class Account(_Strict):
                     )
             if self.port is None:
                 self.port = 993 if self.tls == "implicit" else 143
+            if self.mode == "idle" and 1 + len(self.folders) > self.max_connections:
+                raise ValueError(
+                    f"mode: idle needs {1 + len(self.folders)} connections (1 for triage + 1 "
+                    f"per folder) but max_connections is {self.max_connections}"
+                )
+        elif self.mode == "idle":
+            raise ValueError("mode: idle needs an IMAP account (a Maildir has no IDLE)")
         elif self.path is None:
             raise ValueError("path is required for kind: maildir")
         return self

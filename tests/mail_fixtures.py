@@ -108,12 +108,17 @@ class MailUser:
             return out
 
 
-@pytest.fixture
-def mail_user(dovecot: Dovecot) -> MailUser:
-    """A fresh mailbox user for each test."""
+def take_user(dovecot: Dovecot) -> MailUser:
+    """A mailbox user no other test has used."""
     if not _free_users:
         pytest.fail(f"all {len(USERS)} test mail users are taken; raise the pool size")
     return MailUser(_free_users.pop(0), dovecot)
+
+
+@pytest.fixture
+def mail_user(dovecot: Dovecot) -> MailUser:
+    """A fresh mailbox user for each test."""
+    return take_user(dovecot)
 
 
 @pytest.fixture

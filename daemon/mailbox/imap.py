@@ -453,6 +453,40 @@ class ImapMailbox(Mailbox):
             with self._guard("UID EXPUNGE"):
                 self._cmd("UID EXPUNGE").uid_expunge(chunk)
 
+    # -- IDLE (used on a watcher's own connection, never the triage one) -----------------
+
+    def idle_start(self, folder: str) -> None:
+        """EXAMINE ``folder`` (read-only: watching never changes \\Recent) and enter IDLE."""
+        if "IDLE" not in self.capabilities.names:
+            raise MailboxError(
+                f"account {self.account}: {self.settings.host} does not offer IDLE; use mode: poll"
+            )
+        self.read_only = True
+        self._ensure_selected(folder)
+        with self._guard(f"IDLE {folder}"):
+            self._cmd("IDLE").idle()
+
+    def idle_wait(self, timeout: float) -> list[tuple[Any, ...]]:
+        """Untagged responses the server sent within ``timeout`` seconds (maybe none)."""
+        with self._guard("IDLE"):
+            client = self._cmd("IDLE wait")
+            return list(client.idle_check(timeout=timeout))
+
+    def idle_done(self, timeout: float) -> list[tuple[Any, ...]]:
+        """End IDLE; the server must confirm within ``timeout`` seconds or the link is
+        considered dead (ConnectionLostError)."""
+        with self._guard("DONE"):
+            client = self._cmd("DONE")
+            sock = client.socket()
+            previous = sock.gettimeout()
+            sock.settimeout(timeout)
+            try:
+                _text, responses = client.idle_done()
+            finally:
+                with suppress(OSError):
+                    sock.settimeout(previous)
+            return list(responses)
+
     def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
         with self._guard(f"APPEND to {folder}"):
             self._cmd("APPEND").append(self._name(folder), raw, flags=list(flags))

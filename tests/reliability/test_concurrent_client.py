@@ -12,8 +12,8 @@ import yaml
 
 from tests.dovecot import Dovecot
 from tests.mail_fixtures import MailUser, cli, email, mid
+from tests.proxy import Proxy
 from tests.reliability.invariant import check, locate, seed_messages, state_path
-from tests.reliability.proxy import Proxy
 
 
 def test_second_client_during_a_run(workdir: Path, mail_user: MailUser, dovecot: Dovecot) -> None:

@@ -20,8 +20,8 @@ from imapclient import IMAPClient
 
 from tests.dovecot import PASSWORD, Dovecot, free_port
 from tests.mail_fixtures import ENV, USERS, MailUser, cli
+from tests.proxy import Proxy
 from tests.reliability.invariant import check, seed_messages
-from tests.reliability.proxy import Proxy
 
 
 @pytest.fixture(scope="module")

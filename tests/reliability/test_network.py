@@ -11,8 +11,8 @@ import yaml
 
 from tests.dovecot import Dovecot
 from tests.mail_fixtures import USERS, MailUser, cli
+from tests.proxy import Proxy
 from tests.reliability.invariant import check, seed_messages
-from tests.reliability.proxy import Proxy
 
 DESTINATION = "Triage/All"
 

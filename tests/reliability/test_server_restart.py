@@ -18,8 +18,8 @@ import yaml
 
 from tests.dovecot import Dovecot, free_port
 from tests.mail_fixtures import ENV, USERS, MailUser
+from tests.proxy import Proxy
 from tests.reliability.invariant import check, seed_messages
-from tests.reliability.proxy import Proxy
 
 
 @pytest.fixture(scope="module")

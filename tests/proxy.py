@@ -2,7 +2,10 @@
 
 It relays bytes between a client and an upstream server; ``cut_on`` makes it forward the
 first client chunk that contains a marker (e.g. ``b"UID MOVE"``) and then close both sides
-before any reply reaches the client, once.
+before any reply reaches the client, once. ``freeze()`` makes every open connection a
+silently dead link (nothing forwarded either way, no FIN, no RST) while new connections
+work: what a NAT box that dropped its state looks like. ``sent`` holds everything clients
+sent, to count commands on the wire.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class Proxy:
         self.max_concurrent = 0
         self._live = 0
         self._lock = threading.Lock()
+        self.sent = bytearray()
+        self._pairs: list[_Pair] = []
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", 0))
@@ -47,6 +52,19 @@ class Proxy:
     def close(self) -> None:
         self._stop.set()
         self._server.close()
+
+    def freeze(self) -> int:
+        """Silently kill every open link; returns how many were frozen."""
+        with self._lock:
+            live = [p for p in self._pairs if not p.done]
+            for pair in live:
+                pair.frozen = True
+        return len(live)
+
+    def count(self, command: bytes) -> int:
+        """How many times clients sent ``command`` (e.g. ``b" IDLE\\r\\n"``)."""
+        with self._lock:
+            return bytes(self.sent).count(command)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -64,6 +82,8 @@ class Proxy:
                 self._live += 1
                 self.max_concurrent = max(self.max_concurrent, self._live)
             pair = _Pair(self, client, upstream)
+            with self._lock:
+                self._pairs.append(pair)
             threading.Thread(target=pair.pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=pair.pump, args=(upstream, client, False), daemon=True).start()
 
@@ -79,6 +99,7 @@ class _Pair:
         self.upstream = upstream
         self.done = False
         self.dead = False
+        self.frozen = False
         self.lock = threading.Lock()
 
     def shut(self) -> None:
@@ -99,6 +120,11 @@ class _Pair:
                 data = source.recv(65536)
                 if not data:
                     break
+                if self.frozen:
+                    continue  # swallowed: neither side hears anything, ever
+                if from_client:
+                    with proxy._lock:
+                        proxy.sent += data
                 if from_client and proxy.cut_on and proxy.cuts == 0 and proxy.cut_on in data:
                     proxy.cuts += 1
                     if proxy.before is not None:

@@ -1,0 +1,159 @@
+"""IMAP IDLE watchers: one connection per watched folder that wakes the account's triage
+as soon as the server announces new mail (RFC 2177).
+
+A watcher never touches mail: it EXAMINEs its folder, idles and calls ``wake()``. Triage
+runs on the account's own connection, so a slow cycle never delays noticing the next
+message, and a message that arrives during a cycle starts another one right after.
+
+Liveness: after ``liveness_timeout / 2`` seconds without a word from the server the
+watcher ends IDLE (``DONE``) and expects the tagged reply within the other half; no reply
+means the link is dead (a NAT box dropped it, a cable was pulled) and it is replaced. IDLE
+is also re-issued every ``idle_reissue`` seconds (at most 29 minutes). After every
+(re)connect the watcher wakes triage once: mail that arrived while it was disconnected is
+caught up at once, not at the next poll.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from daemon.errors import CleanInboxError
+from daemon.mailbox.imap import ImapMailbox
+from daemon.metrics import Metrics
+from daemon.settings import Account
+
+log = structlog.get_logger("cleaninbox.idle")
+NEW_MAIL = (b"EXISTS", b"RECENT")
+STOP_CHECK = 1.0  # seconds: how often a waiting watcher looks at the stop flag
+
+
+class IdleWatcher:
+    def __init__(
+        self,
+        account: Account,
+        folder: str,
+        wake: Callable[[str], None],
+        stop: threading.Event,
+        metrics: Metrics,
+        *,
+        backoff_max: float = 300.0,
+        connect: Callable[[Account], ImapMailbox] = ImapMailbox,
+    ) -> None:
+        self.account = account
+        self.folder = folder
+        self.wake = wake
+        self.stop = stop
+        self.metrics = metrics
+        self.backoff_max = backoff_max
+        self.mailbox = connect(account)
+        self.thread = threading.Thread(
+            target=self.run, name=f"idle-{account.name}-{folder}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def abort(self) -> None:
+        """Break the connection from another thread (shutdown)."""
+        self.mailbox.abort()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        failures = 0
+        up = self.metrics.idle_connected.labels(self.account.name, self.folder)
+        while not self.stop.is_set():
+            try:
+                self.mailbox.open()
+                self.mailbox.idle_start(self.folder)
+            except CleanInboxError as exc:
+                up.set(0)
+                failures += 1
+                delay = min(self.backoff_max, 2.0 ** min(failures - 1, 8)) * random.uniform(
+                    0.8, 1.2
+                )
+                log.error(
+                    "idle_connect_failed",
+                    account=self.account.name,
+                    folder=self.folder,
+                    error=str(exc),
+                    failures=failures,
+                    retry_in_seconds=round(delay, 1),
+                )
+                self.mailbox.close()
+                self.stop.wait(delay)
+                continue
+            up.set(1)
+            if failures:
+                self.metrics.idle_reconnects.labels(self.account.name).inc()
+                log.info("idle_reconnected", account=self.account.name, folder=self.folder)
+            failures = 0
+            self.wake("connected")  # catch up on whatever arrived while we were away
+            try:
+                self._idle()
+            except CleanInboxError as exc:
+                up.set(0)
+                failures = 1
+                self.metrics.idle_reconnects.labels(self.account.name).inc()
+                log.warning(
+                    "idle_link_lost",
+                    account=self.account.name,
+                    folder=self.folder,
+                    error=str(exc),
+                )
+                self.mailbox.close()
+                self.stop.wait(random.uniform(0.1, 1.0))  # then reconnect at once
+                continue
+        up.set(0)
+        self.mailbox.close()
+
+    def _idle(self) -> None:
+        """IDLE until stopped; returns only on stop, raises when the link is dead."""
+        account = self.account
+        quiet_limit = account.liveness_timeout / 2
+        while True:
+            started = last_heard = time.monotonic()
+            probe = False
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if now - started >= account.idle_reissue:
+                    break
+                if now - last_heard >= quiet_limit:
+                    probe = True
+                    break
+                wait = min(
+                    STOP_CHECK,
+                    account.idle_reissue - (now - started),
+                    quiet_limit - (now - last_heard),
+                )
+                responses = self.mailbox.idle_wait(max(0.01, wait))
+                if responses:
+                    last_heard = time.monotonic()
+                    self._notice(responses)
+                elif time.monotonic() - now < wait / 2:
+                    # Readable but nothing parsed: the server closed the connection.
+                    probe = True
+                    break
+            # DONE doubles as the liveness probe: a live server answers at once.
+            self._notice(self.mailbox.idle_done(quiet_limit))
+            if self.stop.is_set():
+                return
+            log.debug(
+                "idle_reissued",
+                account=account.name,
+                folder=self.folder,
+                reason="quiet link checked" if probe else "reissue interval",
+            )
+            self.mailbox.idle_start(self.folder)
+
+    def _notice(self, responses: list[tuple[object, ...]]) -> None:
+        if any(len(r) > 1 and r[1] in NEW_MAIL for r in responses):
+            self.wake("new mail")

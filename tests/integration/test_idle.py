@@ -1,0 +1,225 @@
+"""mode: idle against the real Dovecot: push-fast filing, IDLE re-issue, a silently dead
+link detected by the liveness check, catch-up after reconnect, several accounts and
+folders in one process within the connection budget.
+
+Every daemon here runs with a 300 s poll interval, so anything filed within the test's
+seconds was filed because of IDLE (or the catch-up after a reconnect), not a poll.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.dovecot import Dovecot
+from tests.mail_fixtures import ENV, MailUser, email, mid, take_user
+from tests.proxy import Proxy
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def filed(user: MailUser, raw: bytes) -> Callable[[], bool]:
+    return lambda: mid(raw) in user.messages("Triage/All")
+
+
+class Daemon:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.log_path = workdir / "daemon.log"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "run", "--config", "cleaninbox.yaml"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ENV,
+            cwd=self.workdir,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def account(user: MailUser, proxy: Proxy, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "kind": "imap",
+        "host": "127.0.0.1",
+        "port": proxy.port,
+        "tls": "none",
+        "allow_plaintext": True,
+        "username": user.name,
+        "password_env": "CLEANINBOX_TEST_PASSWORD",
+        "mode": "idle",
+        "poll_interval": 300,
+        **extra,
+    }
+
+
+@pytest.fixture
+def run_idle(workdir: Path, dovecot: Dovecot) -> Iterator[Callable[..., Daemon]]:
+    """Start `cleaninbox run` with the given accounts (through the test proxy)."""
+    daemons: list[Daemon] = []
+
+    def start(accounts: list[dict[str, Any]], **top: Any) -> Daemon:
+        settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
+        settings.update(log_level="debug", **top)
+        settings["accounts"] = accounts
+        (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+        daemon = Daemon(workdir)
+        daemons.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+def idling(proxy: Proxy, watchers: int) -> Callable[[], bool]:
+    return lambda: proxy.count(b" IDLE\r\n") >= watchers
+
+
+def test_new_mail_is_filed_on_idle_push(
+    run_idle: Callable[..., Daemon], mail_user: MailUser, dovecot: Dovecot
+) -> None:
+    proxy = Proxy(dovecot.port)
+    daemon = run_idle([account(mail_user, proxy, "work")])
+    try:
+        wait_for(idling(proxy, 1), 30, "the watcher to enter IDLE")
+        time.sleep(0.5)  # the start-up cycle has run
+        latencies = []
+        for i in range(5):
+            raw = email("my card has not arrived yet", 9100 + i)
+            mail_user.append(raw)
+            latencies.append(wait_for(filed(mail_user, raw), 10, f"message {i} to be filed"))
+        # Pushed, not polled (the poll interval is 300 s): well under a second each.
+        assert max(latencies) < 3.0, latencies
+        assert mail_user.messages("INBOX") == {}
+        assert daemon.stop() == 0
+        assert '"idle_link_lost"' not in daemon.log()
+    finally:
+        proxy.close()
+
+
+def test_idle_is_reissued_on_schedule(
+    run_idle: Callable[..., Daemon], mail_user: MailUser, dovecot: Dovecot
+) -> None:
+    # RFC 2177: re-issue at least every 29 minutes; shortened to 1 s here.
+    proxy = Proxy(dovecot.port)
+    daemon = run_idle([account(mail_user, proxy, "work", idle_reissue=1.0)])
+    try:
+        wait_for(idling(proxy, 1), 30, "the watcher to enter IDLE")
+        wait_for(idling(proxy, 5), 10, "IDLE to be re-issued four times")
+        assert proxy.count(b"DONE\r\n") >= 4
+        assert proxy.connections <= 2  # re-issued on the same connection, not reconnected
+        raw = email("I was charged twice for the same thing", 9200)
+        mail_user.append(raw)
+        wait_for(filed(mail_user, raw), 10, "the message to be filed between re-issues")
+        assert '"reissue interval"' in daemon.log()
+    finally:
+        proxy.close()
+
+
+def test_silently_dead_link_is_detected_and_mail_caught_up(
+    run_idle: Callable[..., Daemon], mail_user: MailUser, dovecot: Dovecot
+) -> None:
+    proxy = Proxy(dovecot.port)
+    liveness = 4.0
+    daemon = run_idle([account(mail_user, proxy, "work", liveness_timeout=liveness, timeout=2.0)])
+    try:
+        wait_for(idling(proxy, 1), 30, "the watcher to enter IDLE")
+        time.sleep(0.5)
+        before = proxy.connections
+        assert proxy.freeze() >= 1  # every link now swallows everything, no FIN, no RST
+        raw = email("how do I top up by bank transfer", 9300)
+        mail_user.append(raw)  # straight to Dovecot: only a catch-up can find it
+        # The watcher notices within the liveness timeout, reconnects and wakes triage,
+        # whose own (frozen) connection times out after 2 s and is replaced.
+        took = wait_for(filed(mail_user, raw), liveness + 2.0 + 6.0, "catch-up after reconnect")
+        assert took <= liveness + 2.0 + 6.0
+        assert proxy.connections > before
+        log = daemon.log()
+        assert '"idle_link_lost"' in log
+        assert "Traceback" not in log
+        assert mail_user.messages("INBOX") == {}
+    finally:
+        proxy.close()
+
+
+def test_several_accounts_and_folders_idle_within_the_connection_budget(
+    run_idle: Callable[..., Daemon], mail_user: MailUser, dovecot: Dovecot
+) -> None:
+    users = [mail_user, take_user(dovecot), take_user(dovecot)]
+    for user in users:
+        with user.client() as c:
+            c.create_folder("Lists")
+    proxies = [Proxy(dovecot.port) for _ in users]
+    daemon = run_idle(
+        [
+            account(user, proxy, f"acct{i}", folders=["INBOX", "Lists"], max_connections=3)
+            for i, (user, proxy) in enumerate(zip(users, proxies, strict=True))
+        ]
+    )
+    try:
+        for proxy in proxies:
+            wait_for(idling(proxy, 2), 30, "both watchers of an account to enter IDLE")
+        time.sleep(0.5)
+        sent = []
+        for n, user in enumerate(users):
+            for folder in ("INBOX", "Lists"):
+                raw = email("is there a fee for exchanging currency", 9400 + 10 * n + len(sent))
+                user.append(raw, folder)
+                sent.append((user, raw))
+        for user, raw in sent:
+            wait_for(filed(user, raw), 10, f"{mid(raw)} to be filed")
+        # 1 triage connection + 1 per watched folder, per account; never more.
+        assert all(p.max_concurrent <= 3 for p in proxies), [p.max_concurrent for p in proxies]
+        assert daemon.stop() == 0
+    finally:
+        for proxy in proxies:
+            proxy.close()
+
+
+def test_idle_needs_enough_connections(workdir: Path, mail_user: MailUser) -> None:
+    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
+    settings["accounts"][0].update(mode="idle", folders=["INBOX", "A", "B"], max_connections=3)
+    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "check-config", "--config", "cleaninbox.yaml"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=workdir,
+    )
+    assert result.returncode == 2
+    assert "mode: idle needs 4 connections" in result.stderr
+    assert "max_connections is 3" in result.stderr
