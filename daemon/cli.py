@@ -444,6 +444,38 @@ def once(
         sys.exit(1)
 
 
+@main.command()
+@click.argument("account")
+@_config_options
+@click.option("--no-browser", is_flag=True, help="Only print the address to open.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the browser to come back.",
+)
+def auth(
+    account: str,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    no_browser: bool,
+    timeout: float,
+) -> None:
+    """Authorise ACCOUNT with OAuth2 (Google, Microsoft, or any provider) and save its
+    refresh token to oauth2.refresh_token_file."""
+    from daemon.authflow import authorize
+
+    settings = _settings(config_path, overrides)
+    where = authorize(
+        settings.account(account),
+        open_browser=not no_browser,
+        timeout=timeout,
+        say=lambda line: click.echo(line, nl=True),
+    )
+    click.echo(f"refresh token saved to {where}; the daemon uses it from its next login")
+
+
 @main.command("check-config")
 @_config_options
 @click.option("--connect", is_flag=True, help="Also log in to every account.")

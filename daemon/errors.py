@@ -46,6 +46,15 @@ class ConnectionLostError(MailboxError):
     """The connection to a mailbox server broke; the operation may or may not have happened."""
 
 
+class AuthError(MailboxError):
+    """The server or the OAuth2 provider refused this account's credentials."""
+
+
+class ReauthorizeError(AuthError):
+    """The OAuth2 refresh token is dead (invalid_grant): a person must run
+    ``cleaninbox auth ACCOUNT``."""
+
+
 class StateError(CleanInboxError):
     """The state database is unusable (locked, read-only, corrupt, full)."""
 

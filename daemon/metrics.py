@@ -103,6 +103,19 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.auth_failed = Gauge(
+            "cleaninbox_account_auth_failed",
+            "1 while the server or OAuth2 provider refuses the account's credentials "
+            "(a person must act, e.g. `cleaninbox auth ACCOUNT`).",
+            ["account"],
+            registry=r,
+        )
+        self.oauth_refreshes = Counter(
+            "cleaninbox_oauth_token_refreshes_total",
+            "OAuth2 access tokens obtained, by reason (start, expiring, rejected).",
+            ["account", "reason"],
+            registry=r,
+        )
         self.reconciled = Counter(
             "cleaninbox_reconciled_total",
             "Pending decisions found at start-up or after a failure, by outcome.",

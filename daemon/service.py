@@ -8,6 +8,7 @@ A new ``models/current`` is picked up without a restart.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import signal
 import threading
@@ -22,11 +23,12 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from daemon.errors import ConnectionLostError, MailboxError
+from daemon.errors import AuthError, ConnectionLostError, MailboxError
 from daemon.http import Health, create_app, serve_in_thread
 from daemon.idle import STOP_CHECK, IdleWatcher
 from daemon.mailbox import Mailbox, open_mailbox
 from daemon.metrics import Metrics
+from daemon.oauth import token_source
 from daemon.runtime import Runtime
 from daemon.settings import Account, Settings
 from daemon.state import StateStore
@@ -57,6 +59,9 @@ class Service:
         self.runtime = Runtime(settings, self.metrics)
         self.store = StateStore(settings.state)
         self.triage = Triage(self.runtime, self.store, self.metrics, stop=self.stop)
+        for account in settings.accounts:
+            if account.oauth2 is not None:
+                token_source(account, on_refresh=functools.partial(self._refreshed, account.name))
         self.mailboxes = {a.name: mailbox_factory(a) for a in settings.accounts}
         self.health = Health(intervals={a.name: settings.interval(a) for a in settings.accounts})
         self._backoff = {a.name: _Backoff() for a in settings.accounts}
@@ -66,6 +71,9 @@ class Service:
         self._wake = {a.name: threading.Event() for a in settings.accounts if a.mode == "idle"}
         self._retry_in: dict[str, float] = {}
         self.watchers: list[IdleWatcher] = []
+
+    def _refreshed(self, account: str, reason: str) -> None:
+        self.metrics.oauth_refreshes.labels(account, reason).inc()
 
     # -- one account -----------------------------------------------------------------------
 
@@ -93,7 +101,8 @@ class Service:
         try:
             report = self.cycle(name)
         except MailboxError as exc:
-            self.health.failed(name, str(exc))
+            self.health.failed(name, str(exc), needs_person=isinstance(exc, AuthError))
+            self.metrics.auth_failed.labels(name).set(1 if isinstance(exc, AuthError) else 0)
             self._schedule_backoff(name, exc)
             return
         except Exception as exc:  # a bug must not kill the scheduler thread
@@ -104,6 +113,7 @@ class Service:
             return
         self._backoff[name].failures = 0
         self.health.ok(name)
+        self.metrics.auth_failed.labels(name).set(0)
         log.info(
             "cycle",
             account=name,

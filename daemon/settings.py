@@ -35,6 +35,110 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def read_secret(owner: str, env: str | None, file: Path | None) -> SecretStr | None:
+    """A secret from an environment variable or a file (read on every call, so a rotated
+    file is picked up without a restart); None when neither is configured."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{owner}: environment variable {env} is not set")
+        return SecretStr(value)
+    if file:
+        try:
+            return SecretStr(file.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ConfigError(f"{owner}: cannot read {file}: {exc.strerror}") from exc
+    return None
+
+
+PROVIDERS = {
+    # https://developers.google.com/identity/protocols/oauth2/native-app
+    "google": {
+        "auth_url": "https://accounts.google.com/o/oauth2/v2/auth",
+        "token_url": "https://oauth2.googleapis.com/token",
+        "scope": "https://mail.google.com/",
+    },
+    # https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+    "microsoft": {
+        "auth_url": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
+        "token_url": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+        "scope": "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
+    },
+}
+
+
+class OAuth2Settings(_Strict):
+    """OAuth2 for an IMAP account (XOAUTH2 or OAUTHBEARER): a refresh token is exchanged
+    for short-lived access tokens. ``cleaninbox auth ACCOUNT`` obtains the refresh token."""
+
+    provider: Literal["google", "microsoft", "custom"] = Field(
+        default="custom", description="google and microsoft fill in the URLs and scope."
+    )
+    tenant: str = Field(default="common", description="Microsoft tenant id or 'common'.")
+    auth_url: str | None = Field(
+        default=None, description="Authorization endpoint (for cleaninbox auth)."
+    )
+    token_url: str | None = Field(default=None, description="Token endpoint.")
+    scope: str | None = Field(default=None, description="Space-separated scopes.")
+    client_id: str = Field(description="The OAuth client (application) id.")
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = Field(
+        default=None, description="Installed-app clients may have no secret: leave both unset."
+    )
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = Field(
+        default=None,
+        description="Where the refresh token lives; cleaninbox auth writes it here, and a "
+        "rotated token returned by the provider is written back.",
+    )
+    mechanism: Literal["xoauth2", "oauthbearer"] = "xoauth2"
+    refresh_margin: float = Field(
+        default=60.0, ge=0, description="Refresh an access token this many seconds early."
+    )
+    timeout: float = Field(default=30.0, gt=0, description="Token endpoint timeout, seconds.")
+
+    @model_validator(mode="after")
+    def _urls(self) -> OAuth2Settings:
+        preset = PROVIDERS.get(self.provider, {})
+        for key in ("auth_url", "token_url", "scope"):
+            if getattr(self, key) is None and key in preset:
+                setattr(self, key, preset[key].format(tenant=self.tenant))
+        if not self.token_url:
+            raise ValueError("token_url is required for provider: custom")
+        if self.refresh_token_env and self.refresh_token_file:
+            raise ValueError("give at most one of refresh_token_env or refresh_token_file")
+        if not (self.refresh_token_env or self.refresh_token_file):
+            raise ValueError(
+                "give refresh_token_file (written by `cleaninbox auth`) or refresh_token_env"
+            )
+        return self
+
+    def client_secret(self, account: str) -> str | None:
+        secret = read_secret(
+            f"account {account}: oauth2.client_secret",
+            self.client_secret_env,
+            self.client_secret_file,
+        )
+        return secret.get_secret_value() if secret else None
+
+    def refresh_token(self, account: str) -> str:
+        if self.refresh_token_file is not None and not self.refresh_token_file.exists():
+            raise ConfigError(
+                f"account {account}: no refresh token yet ({self.refresh_token_file} does "
+                f"not exist); run `cleaninbox auth {account}`"
+            )
+        secret = read_secret(
+            f"account {account}: oauth2.refresh_token",
+            self.refresh_token_env,
+            self.refresh_token_file,
+        )
+        if secret is None or not secret.get_secret_value():
+            raise ConfigError(
+                f"account {account}: the refresh token is empty; run `cleaninbox auth {account}`"
+            )
+        return secret.get_secret_value()
+
+
 class Account(_Strict):
     """One mailbox to watch."""
 
@@ -56,6 +160,9 @@ class Account(_Strict):
     username: str | None = None
     password_env: str | None = Field(default=None, description="Env var holding the password.")
     password_file: Path | None = Field(default=None, description="File holding the password.")
+    oauth2: OAuth2Settings | None = Field(
+        default=None, description="Log in with OAuth2 instead of a password."
+    )
     timeout: float = Field(default=30.0, gt=0, description="Socket timeout, seconds.")
     # Maildir
     path: Path | None = Field(default=None, description="Maildir root (kind: maildir).")
@@ -114,7 +221,10 @@ class Account(_Strict):
                 raise ValueError("host is required for kind: imap")
             if not self.username:
                 raise ValueError("username is required for kind: imap")
-            if bool(self.password_env) == bool(self.password_file):
+            if self.oauth2 is not None:
+                if self.password_env or self.password_file:
+                    raise ValueError("give either oauth2 or a password, not both")
+            elif bool(self.password_env) == bool(self.password_file):
                 raise ValueError("give exactly one of password_env or password_file")
             if self.tls == "none":
                 if not self.allow_plaintext:
@@ -276,8 +386,14 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Sett
             if not value.is_absolute():
                 setattr(settings, field, base / value)
         for account in settings.accounts:
-            for field in ("path", "password_file", "ca_file"):
-                value_opt: Path | None = getattr(account, field)
-                if value_opt is not None and not value_opt.is_absolute():
-                    setattr(account, field, base / value_opt)
+            holders: list[tuple[object, tuple[str, ...]]] = [
+                (account, ("path", "password_file", "ca_file"))
+            ]
+            if account.oauth2 is not None:
+                holders.append((account.oauth2, ("client_secret_file", "refresh_token_file")))
+            for holder, fields in holders:
+                for field in fields:
+                    value_opt: Path | None = getattr(holder, field)
+                    if value_opt is not None and not value_opt.is_absolute():
+                        setattr(holder, field, base / value_opt)
     return settings

@@ -67,7 +67,12 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 class Dovecot:
     def __init__(
-        self, root: Path, *, capability_trim: str | None = None, extra_config: str = ""
+        self,
+        root: Path,
+        *,
+        capability_trim: str | None = None,
+        extra_config: str = "",
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -90,6 +95,7 @@ class Dovecot:
         self.log = self.root / "dovecot.log"
         self.capability_trim = capability_trim
         self.extra_config = extra_config
+        self.oauth2_introspection_url = oauth2_introspection_url
         self.process: subprocess.Popen[bytes] | None = None
 
     def add_user(self, name: str, password: str = PASSWORD) -> None:
@@ -100,6 +106,28 @@ class Dovecot:
     def write_config(self) -> None:
         r = self.root
         capability = f"imap_capability = {self.capability_trim}\n" if self.capability_trim else ""
+        mechanisms = "plain login"
+        oauth = ""
+        if self.oauth2_introspection_url:
+            # Dovecot's oauth2 passdb asks the token service whether a bearer token is
+            # active and whose it is (RFC 7662 introspection, POSTed as token=...).
+            mechanisms = "plain login xoauth2 oauthbearer"
+            ext = r / "oauth2.conf.ext"
+            ext.write_text(
+                f"introspection_mode = post\n"
+                f"introspection_url = {self.oauth2_introspection_url}\n"
+                "force_introspection = yes\n"
+                "username_attribute = username\n"
+                "active_attribute = active\n"
+                "active_value = true\n"
+            )
+            ext.chmod(0o644)
+            oauth = f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {ext}
+}}
+"""
         self.config.write_text(f"""
 base_dir = {r}/run
 state_dir = {r}/state
@@ -114,14 +142,15 @@ default_internal_user = dovecot
 first_valid_uid = {min(self.uid, 100)}
 mail_location = maildir:~/Maildir
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 mail_max_userip_connections = 50
 {capability}namespace inbox {{
   inbox = yes
   separator = /
 }}
-passdb {{
+{oauth}passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {self.users_file}
 }}
 userdb {{

@@ -24,9 +24,15 @@ def write(tmp_path: Path, data: dict[str, object]) -> Path:
 def test_example_settings_document_every_key() -> None:
     text = (REPO / "configs/cleaninbox.example.yaml").read_text()
     settings = load_settings(REPO / "configs/cleaninbox.example.yaml")
-    from daemon.settings import Account, ClassifierSettings, HttpSettings, Settings
+    from daemon.settings import (
+        Account,
+        ClassifierSettings,
+        HttpSettings,
+        OAuth2Settings,
+        Settings,
+    )
 
-    for model in (Settings, Account, HttpSettings, ClassifierSettings):
+    for model in (Settings, Account, HttpSettings, ClassifierSettings, OAuth2Settings):
         for name in model.model_fields:
             assert f"{name}:" in text, f"{model.__name__}.{name} is not in the example"
     assert settings.accounts[0].port == 993
@@ -105,3 +111,41 @@ def test_passwords_come_from_env_or_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert settings.accounts[1].password().get_secret_value() == "from-file"
     assert "from-env" not in repr(settings)
     assert "from-env" not in settings.model_dump_json()
+
+
+def test_oauth2_provider_presets_and_relative_token_file(tmp_path: Path) -> None:
+    oauth = {
+        "provider": "microsoft",
+        "tenant": "contoso",
+        "client_id": "app",
+        "refresh_token_file": "secrets/rt",
+    }
+    account = {**IMAP, "password_env": None, "oauth2": oauth}
+    settings = load_settings(write(tmp_path, {"accounts": [account]}))
+    got = settings.accounts[0].oauth2
+    assert got is not None
+    assert got.token_url == "https://login.microsoftonline.com/contoso/oauth2/v2.0/token"
+    assert "IMAP.AccessAsUser.All" in (got.scope or "")
+    assert got.refresh_token_file == tmp_path / "secrets/rt"
+    with pytest.raises(ConfigError, match=r"no refresh token yet.*cleaninbox auth w"):
+        got.refresh_token("w")
+
+
+@pytest.mark.parametrize(
+    ("oauth", "extra", "message"),
+    [
+        ({"client_id": "a", "refresh_token_env": "X"}, {}, "token_url is required"),
+        ({"provider": "google", "client_id": "a"}, {}, "give refresh_token_file"),
+        (
+            {"provider": "google", "client_id": "a", "refresh_token_env": "X"},
+            {"password_env": "PW"},
+            "either oauth2 or a password",
+        ),
+    ],
+)
+def test_oauth2_settings_errors(
+    tmp_path: Path, oauth: dict[str, object], extra: dict[str, object], message: str
+) -> None:
+    account = {**IMAP, "password_env": None, "oauth2": oauth, **extra}
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, {"accounts": [account]}))

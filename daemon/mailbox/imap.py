@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import imaplib
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +21,9 @@ import structlog
 from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
 
-from daemon.errors import ConfigError, ConnectionLostError, MailboxError
+from daemon.errors import AuthError, ConfigError, ConnectionLostError, MailboxError
 from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Identity, Mailbox
+from daemon.oauth import SaslResponder, TokenSource, sasl_initial_response, token_source
 from daemon.settings import Account
 
 log = structlog.get_logger("cleaninbox.imap")
@@ -66,7 +68,7 @@ def describe_error(account: Account, exc: BaseException) -> str:
         return f"{where} did not answer within {account.timeout:g} s"
     if isinstance(exc, imap_exc.LoginError):
         said = _server_text(exc)
-        if any(code in said for code in ("[UNAVAILABLE]", "[LIMIT]", "[INUSE]")):
+        if _temporary(said):
             return f"{where} refused the login for now, will retry: {said}"
         return (
             f"login to {where} as {account.username} failed (check username and password): {said}"
@@ -84,12 +86,25 @@ def _server_text(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
+def _temporary(said: str) -> bool:
+    return any(code in said for code in ("[UNAVAILABLE]", "[LIMIT]", "[INUSE]", "[THROTTLED]"))
+
+
 class ImapMailbox(Mailbox):
-    def __init__(self, account: Account, *, on_command: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        account: Account,
+        *,
+        on_command: Callable[[str], None] | None = None,
+        tokens: TokenSource | None = None,
+    ):
         if account.host is None or account.port is None:
             raise ConfigError(f"account {account.name}: host is required for IMAP")
         self.account = account.name
         self.settings = account
+        if account.oauth2 is not None and tokens is None:
+            tokens = token_source(account)
+        self.tokens = tokens
         self._client: IMAPClient | None = None
         self._caps: Capabilities | None = None
         self._delimiter = "/"
@@ -109,6 +124,11 @@ class ImapMailbox(Mailbox):
         except MailboxError:
             raise
         except imap_exc.IMAPClientError as exc:
+            if isinstance(exc, imap_exc.LoginError) and not _temporary(_server_text(exc)):
+                self._drop()
+                raise AuthError(
+                    f"account {self.account}: {what}: {describe_error(self.settings, exc)}"
+                ) from exc
             if isinstance(exc, imap_exc.IMAPClientAbortError):
                 self._drop()
                 raise ConnectionLostError(
@@ -158,7 +178,10 @@ class ImapMailbox(Mailbox):
             try:
                 if account.tls == "starttls":
                     client.starttls(context)
-                client.login(account.username or "", account.password().get_secret_value())
+                if account.oauth2 is not None:
+                    self._oauth_login(client)
+                else:
+                    client.login(account.username or "", account.password().get_secret_value())
                 caps = {
                     c.decode().upper() if isinstance(c, bytes) else str(c).upper()
                     for c in client.capabilities()
@@ -183,6 +206,44 @@ class ImapMailbox(Mailbox):
             names=frozenset(caps),
         )
         log.debug("imap_connected", account=self.account, capabilities=sorted(caps))
+
+    def _oauth_login(self, client: IMAPClient) -> None:
+        """AUTHENTICATE with an access token; when the server refuses it (revoked, expired
+        early), refresh it and try exactly once more."""
+        assert self.tokens is not None
+        token = self.tokens.access_token()
+        refused = self._sasl(client, token)
+        if refused is None:
+            return
+        log.info("oauth_token_rejected", account=self.account, server_said=refused)
+        token = self.tokens.access_token(rejected=token)
+        refused = self._sasl(client, token)
+        if refused is not None:
+            raise imap_exc.LoginError(refused)
+
+    def _sasl(self, client: IMAPClient, token: str) -> str | None:
+        """One AUTHENTICATE exchange; None on success, else the server's words."""
+        assert self.settings.oauth2 is not None
+        mechanism = self.settings.oauth2.mechanism.upper()
+        responder = SaslResponder(
+            sasl_initial_response(
+                mechanism,
+                self.settings.username or "",
+                token,
+                self.settings.host or "",
+                self.settings.port or 0,
+            )
+        )
+        try:
+            # imaplib directly: imapclient's oauth2_login answers an error challenge with
+            # the token again instead of the empty response the mechanisms require.
+            client._imap.authenticate(mechanism, responder)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            detail = f" ({responder.error})" if responder.error else ""
+            return f"{_server_text(exc)}{detail}"
+        return None
 
     def abort(self) -> None:
         client = self._client
