@@ -143,8 +143,10 @@ class Account(_Strict):
     """One mailbox to watch."""
 
     name: str = Field(description="Unique name, used in state, logs and metrics.")
-    kind: Literal["imap", "maildir"] = Field(
-        default="imap", description="imap: any IMAP server; maildir: a local Maildir++ tree."
+    kind: Literal["imap", "gmail", "maildir"] = Field(
+        default="imap",
+        description="imap: any IMAP server; gmail: IMAP with Gmail's labels and message "
+        "ids (host defaults to imap.gmail.com); maildir: a local Maildir++ tree.",
     )
     # IMAP
     host: str | None = Field(default=None, description="IMAP server host name.")
@@ -199,6 +201,17 @@ class Account(_Strict):
         "seconds: after half of it without a word from the server the daemon ends IDLE and "
         "expects the server's reply within the other half.",
     )
+    gmail_move: Literal["archive", "label"] = Field(
+        default="archive",
+        description="Gmail: a move adds the destination label and removes the source's "
+        "(archive: Gmail's own 'move'), or only adds the label (label).",
+    )
+    gmail_fetch_bytes_per_day: int = Field(
+        default=2_000_000_000,
+        ge=1_000_000,
+        description="Gmail: stop fetching for the rest of the UTC day after this many bytes "
+        "(Google allows 2,500 MB of IMAP download per day across all clients).",
+    )
     max_connections: int = Field(
         default=5,
         ge=1,
@@ -216,7 +229,13 @@ class Account(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Account:
-        if self.kind == "imap":
+        if self.kind == "gmail":
+            self.host = self.host or "imap.gmail.com"
+            if self.tls == "none":
+                raise ValueError("Gmail requires TLS")
+            if self.max_connections > 15:
+                raise ValueError("Gmail allows at most 15 connections per account")
+        if self.kind in ("imap", "gmail"):
             if not self.host:
                 raise ValueError("host is required for kind: imap")
             if not self.username:
@@ -244,7 +263,7 @@ class Account(_Strict):
                     f"per folder) but max_connections is {self.max_connections}"
                 )
         elif self.mode == "idle":
-            raise ValueError("mode: idle needs an IMAP account (a Maildir has no IDLE)")
+            raise ValueError("mode: idle needs an IMAP or Gmail account (a Maildir has no IDLE)")
         elif self.path is None:
             raise ValueError("path is required for kind: maildir")
         return self

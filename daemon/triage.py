@@ -96,6 +96,13 @@ class _Item:
     decision_id: int = 0
 
 
+def _text(message: FetchedMessage) -> EmailText:
+    text = email_to_text(message.raw)
+    if message.identity is not None:  # e.g. Gmail's X-GM-MSGID, stable across labels
+        text = replace(text, message_id=message.identity)
+    return text
+
+
 def _parse_time(value: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -400,7 +407,7 @@ class Triage:
         with self._stage("fetch"):
             messages = mailbox.fetch(folder, uids, account.fetch_max_bytes)
         with self._stage("parse"):
-            items = [_Item(m, email_to_text(m.raw)) for m in messages]
+            items = [_Item(m, _text(m)) for m in messages]
         restored = self._restored_message_ids(account.name, items)
         todo: list[_Item] = []
         for item in items:

@@ -13,6 +13,11 @@ def open_mailbox(account: Account) -> Mailbox:
 
         return MaildirMailbox(account)
     from daemon.faults import command_hook
+
+    if account.kind == "gmail":
+        from daemon.mailbox.gmail import GmailMailbox
+
+        return GmailMailbox(account, on_command=command_hook())
     from daemon.mailbox.imap import ImapMailbox
 
     return ImapMailbox(account, on_command=command_hook())

@@ -1,4 +1,4 @@
-"""The interface every mailbox backend implements (IMAP, Maildir; Gmail later).
+"""The interface every mailbox backend implements (IMAP, Gmail, Maildir).
 
 Folder names are given as in the rules file, with ``/`` as the hierarchy separator; each
 backend maps them to its own separator. UIDs are per folder and only meaningful together
@@ -29,6 +29,9 @@ class FetchedMessage:
     size: int  # the full size on the server
     flags: tuple[str, ...] = ()
     internal_date: str | None = None
+    #: A server-assigned identity that survives moves (Gmail's X-GM-MSGID); when set it
+    #: replaces the Message-ID header as the message's identity in the state store.
+    identity: str | None = None
 
     @property
     def truncated(self) -> bool:
