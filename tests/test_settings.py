@@ -68,7 +68,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ),
         ({"accounts": [{**IMAP, "password_file": "pw"}]}, "exactly one of password_env"),
         ({"accounts": [{"name": "m", "kind": "maildir"}]}, "path is required"),
-        ({"accounts": [{**IMAP, "kind": "gmail"}]}, "accounts.0.kind"),
+        ({"accounts": [{**IMAP, "kind": "pop3"}]}, "accounts.0.kind"),
         ({"accounts": [IMAP, IMAP]}, "used twice"),
         ({"accounts": [{**IMAP, "name": "a b"}]}, "accounts.0.name"),
         ({"http": {"listen": "9464"}}, "http.listen"),
