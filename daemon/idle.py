@@ -6,8 +6,11 @@ runs on the account's own connection, so a slow cycle never delays noticing the 
 message, and a message that arrives during a cycle starts another one right after.
 
 Liveness: after ``liveness_timeout / 2`` seconds without a word from the server the
-watcher ends IDLE (``DONE``) and expects the tagged reply within the other half; no reply
-means the link is dead (a NAT box dropped it, a cable was pulled) and it is replaced. IDLE
+watcher ends IDLE (``DONE``) and expects the tagged reply within ``liveness_timeout / 4``;
+no reply means the link is dead (a NAT box dropped it, a cable was pulled): the watcher
+reconnects, and the account's triage connection, which most likely died with it, is
+broken too so the catch-up cycle does not wait out a socket timeout on it. Detection
+takes at most three quarters of the timeout, leaving the rest for reconnecting. IDLE
 is also re-issued every ``idle_reissue`` seconds (at most 29 minutes). After every
 (re)connect the watcher wakes triage once: mail that arrived while it was disconnected is
 caught up at once, not at the next poll.
@@ -109,6 +112,7 @@ class IdleWatcher:
                     folder=self.folder,
                     error=str(exc),
                 )
+                self.wake("link lost")
                 self.mailbox.close()
                 self.stop.wait(random.uniform(0.1, 1.0))  # then reconnect at once
                 continue
@@ -143,7 +147,7 @@ class IdleWatcher:
                     probe = True
                     break
             # DONE doubles as the liveness probe: a live server answers at once.
-            self._notice(self.mailbox.idle_done(quiet_limit))
+            self._notice(self.mailbox.idle_done(account.liveness_timeout / 4))
             if self.stop.is_set():
                 return
             log.debug(

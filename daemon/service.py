@@ -168,6 +168,10 @@ class Service:
 
         def woken(reason: str) -> None:
             log.debug("woken", account=name, reason=reason)
+            if reason == "link lost":
+                # The triage connection shares the path that just died: break it now, so
+                # the catch-up cycle reconnects at once instead of waiting out a timeout.
+                self.mailboxes[name].abort()
             wake.set()
 
         threading.Thread(

@@ -199,7 +199,7 @@ class Account(_Strict):
         ge=2.0,
         description="A silently dead IDLE link is detected and replaced within this many "
         "seconds: after half of it without a word from the server the daemon ends IDLE and "
-        "expects the server's reply within the other half.",
+        "expects the server's reply within a quarter.",
     )
     gmail_move: Literal["archive", "label"] = Field(
         default="archive",

@@ -161,7 +161,12 @@ class ImapMailbox(Mailbox):
     def open(self) -> None:
         if self._client is not None:
             try:
+                # A connection idle since the last cycle may have died silently (NAT):
+                # do not wait a whole socket timeout to find out.
+                sock = self._client.socket()
+                sock.settimeout(min(self.settings.timeout, self.settings.liveness_timeout / 2))
                 self._client.noop()
+                sock.settimeout(self.settings.timeout)
                 return
             except Exception:
                 self._drop()
@@ -206,6 +211,12 @@ class ImapMailbox(Mailbox):
             names=frozenset(caps),
         )
         log.debug("imap_connected", account=self.account, capabilities=sorted(caps))
+        if "X-GM-EXT-1" in caps and account.kind == "imap" and not self.read_only:
+            log.info(
+                "gmail_detected",
+                account=self.account,
+                hint="kind: gmail files mail with labels and never expunges",
+            )
 
     def _oauth_login(self, client: IMAPClient) -> None:
         """AUTHENTICATE with an access token; when the server refuses it (revoked, expired
