@@ -87,7 +87,11 @@ def _server_text(exc: BaseException) -> str:
 
 
 def _temporary(said: str) -> bool:
-    return any(code in said for code in ("[UNAVAILABLE]", "[LIMIT]", "[INUSE]", "[THROTTLED]"))
+    """A refusal that waiting cures (RFC 5530 codes, Gmail's [THROTTLED] and its
+    connection-limit [ALERT]), as opposed to refused credentials."""
+    if any(code in said for code in ("[UNAVAILABLE]", "[LIMIT]", "[INUSE]", "[THROTTLED]")):
+        return True
+    return "[ALERT]" in said and "simultaneous connections" in said.lower()
 
 
 class ImapMailbox(Mailbox):

@@ -167,6 +167,7 @@ def test_too_many_connections_is_refused_then_retried(
     refused = gmail()
     assert refused.returncode == 1
     assert "Too many simultaneous connections" in refused.stdout + refused.stderr
+    assert "refused the login for now, will retry" in refused.stdout  # not "check password"
     others.pop().logout()
     assert gmail().returncode == 0
     assert peer.peak[USER] <= 2
