@@ -10,8 +10,15 @@ system-deps:
 	@command -v dovecot >/dev/null 2>&1 || { \
 	  echo "installing Debian's dovecot-imapd (tests run a real Dovecot on 127.0.0.1)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dovecot-imapd >/dev/null; }
-	@# The Debian package enables a system Dovecot we never use; the tests start their own.
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus for promtool (tests check the alert rules)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing systemd for systemd-analyze (tests verify the unit files)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+	@# The Debian packages enable system services we never use; the tests start their own.
 	@-service dovecot stop >/dev/null 2>&1 || true
+	@-service prometheus stop >/dev/null 2>&1 || true
 
 $(BIN)/cleaninbox: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

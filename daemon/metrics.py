@@ -132,6 +132,11 @@ class Metrics:
             "Unix time the current model bundle was loaded.",
             registry=r,
         )
+        self.model_load_failures = Counter(
+            "cleaninbox_model_load_failures_total",
+            "Model bundles or rules refused on reload (the running pair stays in service).",
+            registry=r,
+        )
         for stage in STAGES:
             self.stage.labels(stage)
 

@@ -68,6 +68,7 @@ class Runtime:
                 "reload_failed", reason=reason, error=str(exc), kept=self._loaded.classifier.version
             )
             self.metrics.errors.labels(account="", kind="reload").inc()
+            self.metrics.model_load_failures.inc()
             return False
         with self._lock:
             old = self._loaded
