@@ -16,6 +16,9 @@ system-deps:
 	@command -v systemd-analyze >/dev/null 2>&1 || { \
 	  echo "installing systemd for systemd-analyze (tests verify the unit files)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null; }
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing Debian's docker-compose (tests validate deploy/compose.yaml; no engine needed)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
 	@# The Debian packages enable system services we never use; the tests start their own.
 	@-service dovecot stop >/dev/null 2>&1 || true
 	@-service prometheus stop >/dev/null 2>&1 || true

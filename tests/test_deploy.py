@@ -1,6 +1,6 @@
 """Deploy artifacts, checked by the real tools: systemd-analyze (verify, security score),
-promtool (check rules, test rules), and the dashboard and alerts against the metrics the
-daemon actually exports."""
+promtool (rules, rule unit tests, config), docker-compose config, doveconf, and the
+dashboard and alerts against the metrics the daemon actually exports."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from daemon.metrics import Metrics
+from daemon.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -131,3 +132,44 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
         "MemoryMax=",
     ):
         assert setting in text, setting
+
+
+def test_compose_stack_is_valid(tmp_path: Path) -> None:
+    compose = tool("docker-compose")
+    env = {"PATH": "/usr/bin:/bin", "BANKING77_DIR": str(tmp_path)}
+    config = subprocess.run(
+        [compose, "-f", str(DEPLOY / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert config.returncode == 0, config.stderr
+    stack = yaml.safe_load(config.stdout)
+    assert set(stack["services"]) == {"trainer", "dovecot", "cleaninbox", "prometheus", "grafana"}
+    daemon = stack["services"]["cleaninbox"]
+    assert daemon["read_only"] is True
+    assert daemon["cap_drop"] == ["ALL"]
+    # Without BANKING77_DIR the stack refuses to start with a sentence, not a bad mount.
+    missing = subprocess.run(
+        [compose, "-f", str(DEPLOY / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env={"PATH": env["PATH"]},
+    )
+    assert missing.returncode != 0
+    assert "set BANKING77_DIR" in missing.stderr
+    # Its parts, each checked by the tool that reads it.
+    settings = load_settings(DEPLOY / "compose/cleaninbox.yaml")
+    assert settings.accounts[0].host == "127.0.0.1"  # plaintext only on loopback
+    doveconf = subprocess.run(
+        [tool("doveconf"), "-n", "-c", str(DEPLOY / "compose/dovecot.conf")],
+        capture_output=True,
+        text=True,
+    )
+    assert doveconf.returncode == 0, doveconf.stderr
+    prometheus = subprocess.run(
+        [tool("promtool"), "check", "config", str(DEPLOY / "prometheus/prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert prometheus.returncode == 0, prometheus.stdout + prometheus.stderr
