@@ -173,3 +173,43 @@ def test_compose_stack_is_valid(tmp_path: Path) -> None:
         text=True,
     )
     assert prometheus.returncode == 0, prometheus.stdout + prometheus.stderr
+
+
+def test_kubernetes_manifests_validate_against_the_api_schemas(tmp_path: Path) -> None:
+    k8s = DEPLOY / "k8s"
+    files = sorted(k8s.glob("*.yaml"))
+    manifests = [f for f in files if f.name != "kustomization.yaml"]
+    validate = subprocess.run(
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict"]
+        + [str(f) for f in manifests],
+        capture_output=True,
+        text=True,
+    )
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    for core in ("configmap", "secret", "statefulset", "service"):
+        assert f"{core}.yaml passed" in validate.stdout + validate.stderr, core
+    docs = {f.stem: yaml.safe_load(f.read_text()) for f in manifests}
+    assert sorted(yaml.safe_load((k8s / "kustomization.yaml").read_text())["resources"]) == sorted(
+        f.name for f in manifests
+    )
+    pod = docs["statefulset"]["spec"]["template"]["spec"]
+    assert docs["statefulset"]["spec"]["replicas"] == 1  # the state lock allows one daemon
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = pod["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The ServiceMonitor (a CRD: no schema bundled) scrapes the Service's named port.
+    monitor = docs["servicemonitor"]["spec"]
+    assert monitor["endpoints"][0]["port"] == docs["service"]["spec"]["ports"][0]["name"]
+    assert monitor["selector"]["matchLabels"] == docs["service"]["spec"]["selector"]
+    # The settings in the ConfigMap are valid daemon settings.
+    settings_file = tmp_path / "cleaninbox.yaml"
+    settings_file.write_text(docs["configmap"]["data"]["cleaninbox.yaml"])
+    settings = load_settings(settings_file)
+    assert settings.http.listen == "0.0.0.0:9464"
+    assert settings.http.token_env  # beyond loopback, /v1/classify needs a token
