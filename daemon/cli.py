@@ -606,6 +606,20 @@ def history(
         )
 
 
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@_config_options
+def backup(target: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Copy the state database (audit log, positions) to TARGET, safely while the daemon
+    runs. Restore: stop the daemon, put the copy in place of the state file, start it."""
+    from daemon.state import StateStore
+
+    settings = _settings(config_path, overrides)
+    with StateStore(settings.state, read_only=True, lock=False) as store:
+        size = store.backup(target)
+    click.echo(f"state {settings.state} backed up to {target} ({size:,} bytes)")
+
+
 def _since(value: str | None) -> str | None:
     if value is None:
         return None

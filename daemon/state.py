@@ -310,6 +310,28 @@ class StateStore:
                     f"state {self.path}: migration {number} failed: {self._explain(exc)}"
                 ) from exc
 
+    def backup(self, target: Path) -> int:
+        """A consistent copy of the database at ``target`` while the daemon runs (SQLite's
+        online backup API, which copies committed state only). Returns its size in bytes."""
+        if target.exists():
+            raise StateError(f"backup target {target} exists; choose a new file")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy = sqlite3.connect(target)
+            try:
+                with self._mutex:
+                    self.db.backup(copy)
+                copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+                if copy.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+                    raise StateError(f"backup {target} failed its integrity check")
+            finally:
+                copy.close()
+        except (sqlite3.Error, OSError) as exc:
+            target.unlink(missing_ok=True)
+            detail = self._explain(exc) if isinstance(exc, sqlite3.Error) else str(exc)
+            raise StateError(f"backup to {target} failed: {detail}") from exc
+        return target.stat().st_size
+
     def close(self) -> None:
         try:
             self.db.close()

@@ -105,3 +105,45 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StateError, match="newer than this CleanInbox"):
         StateStore(path)
+
+
+def test_backup_while_the_daemon_holds_the_state(tmp_path: Path) -> None:
+    state = tmp_path / "var/state.db"
+    (tmp_path / "cleaninbox.yaml").write_text(f"state: {state}\n")
+    with StateStore(state) as running:  # the daemon: lock held, WAL with uncheckpointed rows
+        running.record([decision(1), decision(2, status="done")])
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "daemon.cli",
+                "backup",
+                str(tmp_path / "b/copy.db"),
+                "--config",
+                str(tmp_path / "cleaninbox.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "daemon.cli",
+                "backup",
+                str(tmp_path / "b/copy.db"),
+                "--config",
+                str(tmp_path / "cleaninbox.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert again.returncode == 1
+        assert "exists; choose a new file" in again.stderr
+    copy = sqlite3.connect(tmp_path / "b/copy.db")
+    assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one file
+    assert [r[0] for r in copy.execute("SELECT uid FROM decisions ORDER BY uid")] == [1, 2]
+    copy.close()
+    with StateStore(tmp_path / "b/copy.db") as restored:  # a restore opens like the original
+        assert [d.uid for d in restored.pending()] == [1]
