@@ -606,6 +606,40 @@ def history(
         )
 
 
+@main.group(cls=_Group)
+def feedback() -> None:
+    """Corrections learned from the user's moves (accounts with feedback: true)."""
+
+
+@feedback.command("export")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="CSV file to write (banking77 columns text,category plus provenance).",
+)
+@click.option("--account", default=None, help="Only this account's corrections.")
+@_config_options
+def feedback_export(
+    output: Path, account: str | None, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Write the recorded corrections as a dataset for `cleaninbox retrain`."""
+    import csv
+
+    from daemon.state import StateStore
+
+    settings = _settings(config_path, overrides)
+    with StateStore(settings.state, read_only=True, lock=False) as store:
+        rows = store.corrections(account)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "category", "predicted", "account", "folder", "created_at"])
+        for c in rows:
+            writer.writerow([c.text, c.corrected, c.predicted, c.account, c.folder, c.created_at])
+    click.echo(f"{len(rows)} correction(s) written to {output}")
+
+
 @main.command()
 @click.argument("target", type=click.Path(path_type=Path))
 @_config_options

@@ -116,6 +116,13 @@ class Metrics:
             ["account", "reason"],
             registry=r,
         )
+        self.corrections = Counter(
+            "cleaninbox_corrections_total",
+            "Messages the user moved into another triage folder than CleanInbox chose "
+            "(recorded for retraining; accounts with feedback: true).",
+            ["account"],
+            registry=r,
+        )
         self.reconciled = Counter(
             "cleaninbox_reconciled_total",
             "Pending decisions found at start-up or after a failure, by outcome.",

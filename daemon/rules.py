@@ -388,6 +388,15 @@ class Rules:
                     out.add(action.copy_to)
         return out
 
+    def intents_filed_in(self, folder: str) -> list[str]:
+        """The intents the rules move to ``folder`` when confident (header conditions
+        aside): how a message the user moved there is mapped back to an intent."""
+        return [
+            label
+            for label in self.labels
+            if self.decide(label, 1.0, False, Headers()).move == folder
+        ]
+
     def review_plan(self) -> Plan:
         """For messages the model could not classify: the abstain default's tags, but never
         a move or copy (the message stays where it is)."""

@@ -123,6 +123,7 @@ class Service:
             skipped=report.skipped,
             failed=report.failed,
             reconciled=report.reconciled,
+            corrections=report.corrections,
             seconds=round(report.seconds, 3),
         )
 

@@ -68,11 +68,48 @@ MIGRATIONS: list[str] = [
     CREATE INDEX decisions_created ON decisions(created_at);
     CREATE INDEX decisions_message_id ON decisions(message_id);
     """,
+    # 2: learning from corrections: where each triage folder was last looked at, and the
+    # corrections found there (a message the user moved into another triage folder)
+    """
+    CREATE TABLE watched (
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (account, folder)
+    );
+    CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL,
+        decision_id INTEGER NOT NULL UNIQUE REFERENCES decisions(id),
+        message_id TEXT,
+        text TEXT NOT NULL,
+        predicted TEXT,
+        corrected TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX corrections_created ON corrections(created_at);
+    """,
 ]
 
 
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Correction:
+    id: int
+    account: str
+    decision_id: int
+    message_id: str | None
+    text: str
+    predicted: str | None
+    corrected: str
+    folder: str
+    created_at: str
 
 
 @dataclass(frozen=True)
@@ -554,6 +591,84 @@ class StateStore:
             )
             found.update(str(r["message_id"]) for r in rows)
         return found
+
+    # -- corrections -------------------------------------------------------------------------
+
+    def watched(self, account: str, folder: str) -> tuple[int, int] | None:
+        """(UIDVALIDITY, UIDNEXT) of a triage folder when it was last looked at."""
+        rows = self._rows(
+            "SELECT uidvalidity, uidnext FROM watched WHERE account = ? AND folder = ?",
+            (account, folder),
+        )
+        return (int(rows[0]["uidvalidity"]), int(rows[0]["uidnext"])) if rows else None
+
+    def set_watched(self, account: str, folder: str, uidvalidity: int, uidnext: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO watched(account, folder, uidvalidity, uidnext, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(account, folder) DO UPDATE SET "
+                "uidvalidity = excluded.uidvalidity, uidnext = excluded.uidnext, "
+                "updated_at = excluded.updated_at",
+                (account, folder, uidvalidity, uidnext, utcnow()),
+            )
+
+    def filed(self, account: str, message_ids: Sequence[str]) -> dict[str, Decision]:
+        """The latest completed triage decision of each of ``message_ids``."""
+        out: dict[str, Decision] = {}
+        for start in range(0, len(message_ids), 500):
+            chunk = list(message_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._rows(
+                "SELECT * FROM decisions WHERE kind = 'triage' AND status = 'done' "
+                f"AND account = ? AND message_id IN ({marks}) ORDER BY id",
+                (account, *chunk),
+            )
+            for row in rows:
+                out[str(row["message_id"])] = _row_to_decision(row)
+        return out
+
+    def add_correction(self, decision: Decision, corrected: str, folder: str, text: str) -> bool:
+        """Record (or update: the user moved it again) a correction; True when new."""
+        with self._transaction() as db:
+            existed = db.execute(
+                "SELECT 1 FROM corrections WHERE decision_id = ?", (decision.id,)
+            ).fetchone()
+            db.execute(
+                "INSERT INTO corrections(account, decision_id, message_id, text, predicted, "
+                "corrected, folder, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(decision_id) DO UPDATE SET corrected = excluded.corrected, "
+                "folder = excluded.folder, created_at = excluded.created_at",
+                (
+                    decision.account,
+                    decision.id,
+                    decision.message_id,
+                    text,
+                    decision.intent,
+                    corrected,
+                    folder,
+                    utcnow(),
+                ),
+            )
+        return existed is None
+
+    def corrections(self, account: str | None = None) -> list[Correction]:
+        query, args = "SELECT * FROM corrections", []
+        if account is not None:
+            query, args = query + " WHERE account = ?", [account]
+        return [
+            Correction(
+                id=int(r["id"]),
+                account=r["account"],
+                decision_id=int(r["decision_id"]),
+                message_id=r["message_id"],
+                text=r["text"],
+                predicted=r["predicted"],
+                corrected=r["corrected"],
+                folder=r["folder"],
+                created_at=r["created_at"],
+            )
+            for r in self._rows(query + " ORDER BY id", args)
+        ]
 
     def counts(self) -> dict[str, int]:
         rows = self._rows("SELECT status, count(*) AS n FROM decisions GROUP BY status")

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from daemon import feedback
 from daemon.classifier import Classifier, Prediction
 from daemon.errors import ConnectionLostError, MailboxError, ModelError
 from daemon.mailbox.base import FetchedMessage, FolderStatus, Mailbox
@@ -53,6 +54,7 @@ class CycleReport:
     skipped: int = 0
     failed: int = 0
     reconciled: int = 0
+    corrections: int = 0
     seconds: float = 0.0
     error: str | None = None
     actions: Counter[str] = field(default_factory=Counter)
@@ -62,7 +64,16 @@ class CycleReport:
     moved: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # to verify
 
     def merge(self, other: CycleReport) -> None:
-        for name in ("new", "decided", "acted", "abstained", "skipped", "failed", "reconciled"):
+        for name in (
+            "new",
+            "decided",
+            "acted",
+            "abstained",
+            "skipped",
+            "failed",
+            "reconciled",
+            "corrections",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.actions.update(other.actions)
         self.intents.update(other.intents)
@@ -226,6 +237,10 @@ class Triage:
                 if self.stop.is_set():
                     break
                 report.merge(self._folder(account, mailbox, folder, mode, progress))
+            if account.feedback and not (mode.dry_run or mode.backfill or self.stop.is_set()):
+                report.corrections = feedback.scan(
+                    account, mailbox, self.runtime.current.rules, self._state, self.metrics
+                )
         except MailboxError as exc:
             kind = "connection" if isinstance(exc, ConnectionLostError) else "mailbox"
             if isinstance(exc, ConnectionLostError):

@@ -62,6 +62,7 @@ def test_dashboard_queries_only_metrics_the_daemon_exports() -> None:
         "cleaninbox_cycle_errors_total",  # errors by kind
         "cleaninbox_last_successful_cycle_timestamp_seconds",  # last good cycle
         "cleaninbox_model_info",  # model version
+        "cleaninbox_corrections_total",  # corrections per day
     ):
         assert wanted in text, wanted
     ids = [p["id"] for p in dashboard["panels"]]

@@ -1,0 +1,113 @@
+"""Corrections against the real Dovecot: a second client moves messages the daemon filed
+into other triage folders; the next cycle records each as a correction (mapped back to an
+intent through the rules), and `cleaninbox feedback export` writes them as a dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from pathlib import Path
+
+import yaml
+
+from daemon.bundle import load_manifest
+from daemon.rules import load_rules
+from tests.mail_fixtures import MailUser, cli, email, mid
+
+REPO = Path(__file__).resolve().parents[2]
+QUERIES = [
+    "my card was stolen yesterday",
+    "why was I charged a fee for my transfer",
+    "how long does a top up take",
+    "the ATM did not give me my cash",
+]
+
+
+def use_example_rules(workdir: Path, feedback: bool) -> None:
+    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
+    settings["rules"] = str(REPO / "configs/rules.example.yaml")
+    settings["accounts"][0]["feedback"] = feedback
+    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+
+
+def where(user: MailUser, folders: list[str], raw: bytes) -> str:
+    for folder in folders:
+        if mid(raw) in user.messages(folder):
+            return folder
+    raise AssertionError(f"{mid(raw)} is in none of {folders}")
+
+
+def move(user: MailUser, raw: bytes, source: str, destination: str) -> None:
+    with user.client() as c:
+        if not c.folder_exists(destination):
+            c.create_folder(destination)  # the user may file into a folder not made yet
+        c.select_folder(source)
+        uids = c.search(["HEADER", "Message-ID", mid(raw)])
+        assert len(uids) == 1
+        c.move(uids, destination)
+
+
+def test_user_moves_become_corrections_and_export(
+    workdir: Path, mail_user: MailUser, tiny_bundle: Path
+) -> None:
+    use_example_rules(workdir, feedback=True)
+    rules = load_rules(REPO / "configs/rules.example.yaml", load_manifest(tiny_bundle).labels)
+    folders = sorted(f for f in rules.folders() if rules.intents_filed_in(f))
+    cli(workdir, "once")  # first start
+    sent = [email(q, 7000 + i) for i, q in enumerate(QUERIES)]
+    for raw in sent:
+        mail_user.append(raw)
+    cli(workdir, "once")
+    placed = {mid(raw): where(mail_user, folders, raw) for raw in sent}
+    # The user disagrees with two of them.
+    first, second = sent[0], sent[1]
+    target1 = next(f for f in folders if f != placed[mid(first)] and "Security" in f)
+    target2 = next(f for f in folders if f not in (placed[mid(second)], target1))
+    move(mail_user, first, placed[mid(first)], target1)
+    move(mail_user, second, placed[mid(second)], target2)
+    out = cli(workdir, "once", "--set", "log_level=info").stderr
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    logged = [e for e in events if e.get("event") == "correction"]
+    assert {e["message_id"] for e in logged} == {mid(first), mid(second)}
+    for e in logged:
+        assert e["corrected"] in rules.intents_filed_in(e["folder"])
+
+    # Moved again: the correction is updated, not duplicated; our own filing is never one.
+    target3 = next(f for f in folders if f not in (target1, placed[mid(first)]))
+    move(mail_user, first, target1, target3)
+    cli(workdir, "once")
+    cli(workdir, "once")  # nothing new: nothing recorded
+    export = workdir / "corrections.csv"
+    result = cli(workdir, "feedback", "export", "--output", str(export))
+    assert "2 correction(s)" in result.stdout
+    rows = list(csv.DictReader(export.open()))
+    by_folder = {r["folder"]: r for r in rows}
+    assert set(by_folder) == {target3, target2}
+    for row in rows:
+        assert row["text"]  # the model input text stored with the decision
+        assert row["category"] in rules.intents_filed_in(row["folder"])
+        assert row["predicted"]
+
+
+def test_without_feedback_nothing_is_stored(
+    workdir: Path, mail_user: MailUser, tiny_bundle: Path
+) -> None:
+    use_example_rules(workdir, feedback=False)
+    cli(workdir, "once")
+    raw = email(QUERIES[0], 7100)
+    mail_user.append(raw)
+    cli(workdir, "once")
+    rules = load_rules(REPO / "configs/rules.example.yaml", load_manifest(tiny_bundle).labels)
+    rules_folders = sorted(f for f in rules.folders() if rules.intents_filed_in(f))
+    source = where(mail_user, rules_folders, raw)
+    target = next(f for f in rules_folders if f != source)
+    move(mail_user, raw, source, target)
+    cli(workdir, "once")
+    result = cli(workdir, "feedback", "export", "--output", str(workdir / "c.csv"))
+    assert "0 correction(s)" in result.stdout
+    with sqlite3.connect(workdir / "var/state.db") as db:
+        assert (
+            db.execute("SELECT count(*) FROM decisions WHERE text IS NOT NULL").fetchone()[0] == 0
+        )
+        assert db.execute("SELECT count(*) FROM corrections").fetchone()[0] == 0
