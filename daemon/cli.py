@@ -68,6 +68,67 @@ def main() -> None:
     "config_path",
     type=click.Path(path_type=Path),
     required=True,
+    help="Training config YAML; its retrain section sets weight, hold-out and tolerance.",
+)
+@click.option(
+    "--settings",
+    "settings_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Daemon settings whose state holds the corrections (default ./cleaninbox.yaml).",
+)
+@click.option(
+    "--corrections",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A CSV from `cleaninbox feedback export` instead of the daemon's state.",
+)
+@click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Registry (default: the directory of the settings' model, else models).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def retrain(
+    config_path: Path,
+    settings_path: Path | None,
+    corrections: Path | None,
+    models_dir: Path | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Train a challenger on banking77 plus the user's corrections; promote it only if it
+    is not worse on banking77 (within tolerance) and better on held-out corrections."""
+    from training.config import load_train_config
+
+    config = load_train_config(config_path, list(overrides))
+    _training()
+    from training.retrain import Example, read_corrections_csv
+    from training.retrain import retrain as run_retrain
+
+    if corrections is not None:
+        examples = read_corrections_csv(corrections)
+        registry = models_dir or Path("models")
+    else:
+        from daemon.settings import load_settings
+        from daemon.state import StateStore
+
+        settings = load_settings(settings_path)
+        with StateStore(settings.state, read_only=True, lock=False) as store:
+            examples = [Example(c.text, c.corrected) for c in store.corrections()]
+        registry = models_dir or settings.model.parent
+    result = run_retrain(config, examples, registry, log=_echo_err)
+    click.echo(
+        f"{'promoted' if result.promoted else 'kept'}: {result.reason}\nreport: {result.report}"
+    )
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
     help="Training config YAML (configs/train.yaml, configs/train-tiny.yaml).",
 )
 @click.option(

@@ -119,6 +119,29 @@ class ReportConfig(_Section):
     sample_plots: int = Field(default=6, ge=0, le=24)
 
 
+class RetrainConfig(_Section):
+    """How ``cleaninbox retrain`` uses corrections and decides on promotion."""
+
+    correction_weight: int = Field(
+        default=5, ge=1, le=100, description="Each correction counts as this many examples."
+    )
+    holdout_fraction: float = Field(
+        default=0.25, gt=0, lt=1, description="Share of corrections kept out to judge models."
+    )
+    min_holdout: int = Field(default=5, ge=1, description="Fewest held-out corrections to judge.")
+    tolerance_points: float = Field(
+        default=0.5,
+        ge=0,
+        description="The challenger may lose at most this many accuracy points on banking77.",
+    )
+    min_holdout_gain: int = Field(
+        default=2,
+        ge=1,
+        description="The challenger must get at least this many more held-out corrections "
+        "right than the champion (one lucky guess is not an improvement).",
+    )
+
+
 class TrainConfig(YamlSettings):
     """Everything one ``cleaninbox train`` run needs; saved into the bundle."""
 
@@ -137,6 +160,7 @@ class TrainConfig(YamlSettings):
     calibration: CalibrationConfig = CalibrationConfig()
     export: ExportConfig = ExportConfig()
     report: ReportConfig = ReportConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
 
 def load_train_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import platform
@@ -39,7 +40,7 @@ from training import report
 from training.baseline import run_baseline
 from training.calibration import choose_threshold, fit_temperature
 from training.config import TrainConfig
-from training.data import Banking77, load_banking77
+from training.data import Banking77, Split, load_banking77
 from training.export import build_onnx, check_parity, parity
 from training.finetune import (
     EpochRecord,
@@ -111,8 +112,21 @@ def _summary_metrics(
     return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
 
 
-def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print) -> Path:
-    """Run the whole pipeline; return the new bundle directory (``models/<version>``)."""
+def train(
+    config: TrainConfig,
+    output_dir: Path | None = None,
+    log: Log = print,
+    *,
+    extra_train: Split | None = None,
+    parent_version: str | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Run the whole pipeline; return the new bundle directory (``models/<version>``).
+
+    ``extra_train``: examples added to banking77's training split (never to validation or
+    test), e.g. the user's corrections for ``cleaninbox retrain``; ``parent_version`` and
+    ``extra_metrics`` are recorded in the manifest (lineage).
+    """
     started = time.perf_counter()
     seed = config.train.seed
     out_root = output_dir or config.output_dir
@@ -122,6 +136,14 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
     if config.model.init == "pretrained":
         resolve_base_model(config.model.base_model)  # a wrong path fails before any work
     data: Banking77 = load_banking77(config.data, seed)
+    if extra_train is not None and len(extra_train):
+        data = dataclasses.replace(
+            data,
+            train=Split(
+                data.train.texts + extra_train.texts, data.train.labels + extra_train.labels
+            ),
+        )
+        log(f"data: {len(extra_train)} extra training examples (corrections)")
     log(
         f"data: {len(data.train)} train, {len(data.val)} validation, {len(data.test)} test "
         f"({data.source}, {config.data.dir})"
@@ -367,7 +389,8 @@ def train(config: TrainConfig, output_dir: Path | None = None, log: Log = print)
                         validation_coverage=threshold.coverage,
                         validation_selective_accuracy=threshold.selective_accuracy,
                     ),
-                    "metrics": _manifest_metrics(metrics),
+                    "metrics": {**_manifest_metrics(metrics), **(extra_metrics or {})},
+                    "parent_version": parent_version,
                 }
             )
             manifest = _write_bundle(staging, staging / MODEL_NAME, tokenizer_json, manifest)

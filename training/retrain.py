@@ -1,0 +1,265 @@
+"""``cleaninbox retrain``: a challenger trained on banking77 plus the user's corrections,
+promoted only if it proves better (champion/challenger with a gate).
+
+1. Corrections are de-duplicated (same text: the latest wins) and split, by a hash of the
+   text so the split is stable across runs, into a training part and a held-out part.
+2. The challenger is trained with the usual pipeline on banking77's training split plus the
+   training corrections, each repeated ``correction_weight`` times.
+3. Champion (``models/current``) and challenger are scored by the daemon's own classifier
+   on the same banking77 test split and the same held-out corrections.
+4. Promotion only when the challenger loses at most ``tolerance_points`` on banking77 and
+   gets at least ``min_holdout_gain`` more held-out corrections right; otherwise the
+   champion stays and the report says why. Every run writes
+   ``models/retrain-reports/<time>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daemon.bundle import load_manifest
+from daemon.classifier import Classifier
+from daemon.errors import ConfigError, DataError
+from daemon.registry import current_version, promote
+from training.config import TrainConfig
+from training.data import Split, load_banking77
+
+Log = Callable[[str], None]
+REPORTS = "retrain-reports"
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Scores:
+    banking77_accuracy: float
+    holdout_accuracy: float
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    promoted: bool
+    reason: str
+    champion: str
+    challenger: str
+    champion_scores: Scores
+    challenger_scores: Scores
+    corrections_train: int
+    corrections_holdout: int
+    report: Path
+
+
+def read_corrections_csv(path: Path) -> list[Example]:
+    """A CSV with ``text`` and ``category`` columns (``cleaninbox feedback export``)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"text", "category"} - set(reader.fieldnames or ())
+            if missing:
+                raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+            return [Example(row["text"], row["category"]) for row in reader]
+    except OSError as exc:
+        raise DataError(f"cannot read corrections {path}: {exc.strerror}") from exc
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def prepare(
+    examples: Sequence[Example], labels: Sequence[str], holdout_fraction: float, min_holdout: int
+) -> tuple[list[Example], list[Example]]:
+    """De-duplicate and split into (train, holdout); every problem is a clear error."""
+    known = set(labels)
+    latest: dict[str, Example] = {}
+    for n, example in enumerate(examples, start=1):
+        if example.label not in known:
+            raise DataError(f"correction {n}: unknown intent {example.label!r}")
+        if not example.text.strip():
+            raise DataError(f"correction {n}: empty text")
+        latest[_normalise(example.text)] = example
+    unique = list(latest.values())
+    cut = int(holdout_fraction * 1000)
+
+    def bucket(e: Example) -> int:
+        return int(hashlib.sha256(_normalise(e.text).encode()).hexdigest()[:8], 16) % 1000
+
+    holdout = [e for e in unique if bucket(e) < cut]
+    train = [e for e in unique if bucket(e) >= cut]
+    if len(holdout) < min_holdout or not train:
+        raise ConfigError(
+            f"{len(unique)} distinct correction(s) give {len(holdout)} held out and "
+            f"{len(train)} to train on; retraining needs at least {min_holdout} held out "
+            f"(retrain.min_holdout) and one to train on; collect more corrections first"
+        )
+    return train, holdout
+
+
+def _accuracy(bundle: Path, texts: Sequence[str], labels: Sequence[str]) -> float:
+    classifier = Classifier(bundle, batch_size=64)
+    names = classifier.labels
+    predicted = np.asarray(classifier.logits(list(texts))).argmax(axis=1)
+    return float(
+        np.mean([names[int(p)] == gold for p, gold in zip(predicted, labels, strict=True)])
+    )
+
+
+def retrain(
+    config: TrainConfig,
+    examples: Sequence[Example],
+    models_dir: Path,
+    *,
+    log: Log = print,
+    train: Callable[..., Path] | None = None,
+) -> RetrainResult:
+    from training.pipeline import train as pipeline_train
+
+    train = train or pipeline_train
+    champion = current_version(models_dir)
+    if champion is None:
+        raise ConfigError(f"no champion: {models_dir}/current does not point at a bundle")
+    champion_dir = models_dir / champion
+    labels = load_manifest(champion_dir).labels
+    options = config.retrain
+    train_part, holdout = prepare(examples, labels, options.holdout_fraction, options.min_holdout)
+    log(
+        f"retrain: champion {champion}; {len(train_part)} corrections to train on "
+        f"(x{options.correction_weight}), {len(holdout)} held out"
+    )
+    extra = Split(
+        [e.text for e in train_part] * options.correction_weight,
+        [labels.index(e.label) for e in train_part] * options.correction_weight,
+    )
+    digest = hashlib.sha256(
+        json.dumps([[e.text, e.label] for e in train_part]).encode()
+    ).hexdigest()
+    challenger_dir = train(
+        config,
+        models_dir,
+        log,
+        extra_train=extra,
+        parent_version=champion,
+        extra_metrics={
+            "corrections_train": len(train_part),
+            "corrections_weight": options.correction_weight,
+            "corrections_sha256": digest,
+        },
+    )
+    test = load_banking77(config.data, config.train.seed).test
+    test_labels = [labels[i] for i in test.labels]
+    holdout_texts, holdout_labels = [e.text for e in holdout], [e.label for e in holdout]
+    scores = {
+        name: Scores(
+            _accuracy(path, test.texts, test_labels),
+            _accuracy(path, holdout_texts, holdout_labels),
+        )
+        for name, path in (("champion", champion_dir), ("challenger", challenger_dir))
+    }
+    old, new = scores["champion"], scores["challenger"]
+    loss = (old.banking77_accuracy - new.banking77_accuracy) * 100
+    if loss > options.tolerance_points:
+        promoted, reason = (
+            False,
+            (
+                f"kept the champion: the challenger loses {loss:.2f} points on banking77 "
+                f"(tolerance {options.tolerance_points:g})"
+            ),
+        )
+    elif new.holdout_accuracy <= old.holdout_accuracy:
+        promoted, reason = (
+            False,
+            (
+                f"kept the champion: the challenger is not better on the held-out corrections "
+                f"({new.holdout_accuracy:.1%} vs {old.holdout_accuracy:.1%})"
+            ),
+        )
+    else:
+        promoted, reason = (
+            True,
+            (
+                f"promoted: held-out corrections {old.holdout_accuracy:.1%} -> "
+                f"{new.holdout_accuracy:.1%}, banking77 {old.banking77_accuracy:.2%} -> "
+                f"{new.banking77_accuracy:.2%}"
+            ),
+        )
+    if promoted:
+        promote(models_dir, challenger_dir.name, reason=f"retrain: {reason}")
+    log(f"retrain: {reason}")
+    report = _write_report(
+        models_dir,
+        {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "promoted": promoted,
+            "reason": reason,
+            "champion": champion,
+            "challenger": challenger_dir.name,
+            "scores": {k: asdict(v) for k, v in scores.items()},
+            "banking77_test_size": len(test),
+            "corrections": {
+                "distinct": len(train_part) + len(holdout),
+                "train": len(train_part),
+                "holdout": len(holdout),
+                "weight": options.correction_weight,
+                "train_sha256": digest,
+            },
+            "gate": {
+                "tolerance_points": options.tolerance_points,
+                "min_holdout_gain": options.min_holdout_gain,
+                "rule": "banking77 loss <= tolerance and at least min_holdout_gain more "
+                "held-out corrections right",
+            },
+        },
+    )
+    return RetrainResult(
+        promoted,
+        reason,
+        champion,
+        challenger_dir.name,
+        old,
+        new,
+        len(train_part),
+        len(holdout),
+        report,
+    )
+
+
+def _write_report(models_dir: Path, data: dict[str, Any]) -> Path:
+    directory = models_dir / REPORTS
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = directory / f"{stem}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    s = data["scores"]
+    lines = [
+        f"# Retrain {stem}: {'promoted' if data['promoted'] else 'champion kept'}",
+        "",
+        data["reason"],
+        "",
+        "| model | version | banking77 test accuracy | held-out corrections accuracy |",
+        "|---|---|---|---|",
+        f"| champion | {data['champion']} | {s['champion']['banking77_accuracy']:.2%} | "
+        f"{s['champion']['holdout_accuracy']:.1%} |",
+        f"| challenger | {data['challenger']} | {s['challenger']['banking77_accuracy']:.2%} | "
+        f"{s['challenger']['holdout_accuracy']:.1%} |",
+        "",
+        f"Corrections: {data['corrections']['distinct']} distinct, "
+        f"{data['corrections']['train']} trained on (x{data['corrections']['weight']}), "
+        f"{data['corrections']['holdout']} held out. banking77 test: "
+        f"{data['banking77_test_size']} queries. Gate: {data['gate']['rule']} "
+        f"(tolerance {data['gate']['tolerance_points']:g} points).",
+    ]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
