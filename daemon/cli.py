@@ -84,6 +84,13 @@ def main() -> None:
     help="A CSV from `cleaninbox feedback export` instead of the daemon's state.",
 )
 @click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the corrections from this state database (what the daemon's job passes).",
+)
+@click.option(
     "--models-dir",
     type=click.Path(path_type=Path),
     default=None,
@@ -94,6 +101,7 @@ def retrain(
     config_path: Path,
     settings_path: Path | None,
     corrections: Path | None,
+    state_path: Path | None,
     models_dir: Path | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -103,20 +111,23 @@ def retrain(
 
     config = load_train_config(config_path, list(overrides))
     _training()
+    from daemon.state import StateStore
     from training.retrain import Example, read_corrections_csv
     from training.retrain import retrain as run_retrain
 
     if corrections is not None:
         examples = read_corrections_csv(corrections)
-        registry = models_dir or Path("models")
+        registry = models_dir or DEFAULT_MODELS_DIR
     else:
-        from daemon.settings import load_settings
-        from daemon.state import StateStore
+        if state_path is not None:
+            state, registry = state_path, models_dir or DEFAULT_MODELS_DIR
+        else:
+            from daemon.settings import load_settings
 
-        settings = load_settings(settings_path)
-        with StateStore(settings.state, read_only=True, lock=False) as store:
+            settings = load_settings(settings_path)
+            state, registry = settings.state, models_dir or settings.model.parent
+        with StateStore(state, read_only=True, lock=False) as store:
             examples = [Example(c.text, c.corrected) for c in store.corrections()]
-        registry = models_dir or settings.model.parent
     result = run_retrain(config, examples, registry, log=_echo_err)
     click.echo(
         f"{'promoted' if result.promoted else 'kept'}: {result.reason}\nreport: {result.report}"
@@ -361,7 +372,7 @@ def models_list(models_dir: Path, as_json: bool) -> None:
         return
     click.echo(
         f"  {'version':<28} {'test acc':>8} {'macro-F1':>8} {'email':>7} "
-        f"{'baseline':>8}  base model"
+        f"{'baseline':>8}  {'parent (retrained from)':<28} base model"
     )
     for entry in entries:
         mark = "*" if entry.current else " "
@@ -377,7 +388,7 @@ def models_list(models_dir: Path, as_json: bool) -> None:
         click.echo(
             f"{mark} {entry.version:<28} {pct('test_accuracy'):>8} {pct('test_macro_f1'):>8} "
             f"{pct('email_test_accuracy'):>7} {pct('baseline_test_accuracy'):>8}  "
-            f"{entry.manifest.base_model}"
+            f"{entry.manifest.parent_version or '-':<28} {entry.manifest.base_model}"
         )
 
 

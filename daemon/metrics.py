@@ -123,6 +123,12 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.retrains = Counter(
+            "cleaninbox_retrain_runs_total",
+            "Scheduled retraining runs started by the daemon, by outcome (promoted, kept, failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.reconciled = Counter(
             "cleaninbox_reconciled_total",
             "Pending decisions found at start-up or after a failure, by outcome.",

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -190,6 +193,62 @@ class Service:
             self.watchers.append(watcher)
             watcher.start()
 
+    # -- scheduled retraining ----------------------------------------------------------------
+
+    def retrain(self) -> str:
+        """Run ``cleaninbox retrain`` in a separate, low-priority process (torch never loads
+        into the daemon, and triage keeps its threads); a promoted model is then picked up
+        by the model watcher like any other. Returns promoted, kept or failed."""
+        schedule = self.settings.retrain
+        assert schedule is not None
+        nice = shutil.which("nice")
+        command = [
+            *([nice, "-n", "19"] if nice else []),
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "retrain",
+            "--config",
+            str(schedule.config),
+            "--state",
+            str(self.settings.state),
+            "--models-dir",
+            str(self.settings.model.parent),
+        ]
+        log.info("retrain_started", config=str(schedule.config))
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=schedule.timeout_hours * 3600,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            outcome, detail = "failed", f"took longer than {schedule.timeout_hours:g} h"
+        else:
+            last = (result.stdout or result.stderr).strip().splitlines()
+            detail = (
+                last[0]
+                if result.returncode == 0 and last
+                else (
+                    result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
+                )
+            )
+            if result.returncode != 0:
+                outcome = "failed"
+            else:
+                outcome = "promoted" if result.stdout.startswith("promoted") else "kept"
+        self.metrics.retrains.labels(outcome).inc()
+        (log.info if outcome != "failed" else log.error)(
+            "retrain_finished",
+            outcome=outcome,
+            detail=detail,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        return outcome
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def once(self, mode: Mode | None = None) -> dict[str, CycleReport]:
@@ -251,6 +310,15 @@ class Service:
         scheduler.add_job(
             self.runtime.check_for_new_model, "interval", seconds=10, id="model-watch"
         )
+        if self.settings.retrain is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            scheduler.add_job(
+                self.retrain,
+                CronTrigger.from_crontab(self.settings.retrain.cron),
+                id="retrain",
+                max_instances=1,
+            )
         scheduler.start()
         log.info(
             "started",

@@ -347,6 +347,26 @@ class ClassifierSettings(_Strict):
     )
 
 
+class RetrainSchedule(_Strict):
+    """Run ``cleaninbox retrain`` from the daemon on a cron schedule, in a separate low-priority
+    process (triage never waits for it). Needs the [train] extra installed."""
+
+    cron: str = Field(description="Crontab expression, e.g. '0 3 * * 0' (Sundays 03:00).")
+    config: Path = Field(description="Training config with its retrain section.")
+    timeout_hours: float = Field(default=6.0, gt=0, description="Stop a run that takes longer.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a crontab expression: {exc}") from exc
+        return value
+
+
 class Settings(YamlSettings):
     """Top-level daemon settings."""
 
@@ -371,6 +391,9 @@ class Settings(YamlSettings):
     http: HttpSettings = HttpSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     accounts: list[Account] = Field(default_factory=list)
+    retrain: RetrainSchedule | None = Field(
+        default=None, description="Optional: retrain on a schedule from inside the daemon."
+    )
 
     @model_validator(mode="after")
     def _unique_accounts(self) -> Settings:
@@ -404,6 +427,8 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Sett
             value: Path = getattr(settings, field)
             if not value.is_absolute():
                 setattr(settings, field, base / value)
+        if settings.retrain is not None and not settings.retrain.config.is_absolute():
+            settings.retrain.config = base / settings.retrain.config
         for account in settings.accounts:
             holders: list[tuple[object, tuple[str, ...]]] = [
                 (account, ("path", "password_file", "ca_file"))

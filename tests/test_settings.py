@@ -29,10 +29,18 @@ def test_example_settings_document_every_key() -> None:
         ClassifierSettings,
         HttpSettings,
         OAuth2Settings,
+        RetrainSchedule,
         Settings,
     )
 
-    for model in (Settings, Account, HttpSettings, ClassifierSettings, OAuth2Settings):
+    for model in (
+        Settings,
+        Account,
+        HttpSettings,
+        ClassifierSettings,
+        OAuth2Settings,
+        RetrainSchedule,
+    ):
         for name in model.model_fields:
             assert f"{name}:" in text, f"{model.__name__}.{name} is not in the example"
     assert settings.accounts[0].port == 993
@@ -149,3 +157,13 @@ def test_oauth2_settings_errors(
     account = {**IMAP, "password_env": None, "oauth2": oauth, **extra}
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, {"accounts": [account]}))
+
+
+def test_retrain_schedule_is_validated(tmp_path: Path) -> None:
+    bad = {"retrain": {"cron": "every sunday", "config": "train.yaml"}}
+    with pytest.raises(ConfigError, match=r"retrain\.cron.*not a crontab expression"):
+        load_settings(write(tmp_path, bad))
+    good = {"retrain": {"cron": "0 3 * * 0", "config": "configs/train.yaml"}}
+    settings = load_settings(write(tmp_path, good))
+    assert settings.retrain is not None
+    assert settings.retrain.config == tmp_path / "configs/train.yaml"
