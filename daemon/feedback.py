@@ -2,7 +2,9 @@
 
 A correction is a message CleanInbox decided on that the user then put into another
 triage folder: moved from ``Triage/Cards`` to ``Triage/Fees``, or filed from the review
-tag into ``Triage/Transfers`` (on Gmail: gave it another label). Once per cycle each
+tag into ``Triage/Transfers`` (on Gmail: gave it another label), or changed its intent
+keyword (``$intent_card_arrival`` to ``$intent_card_delivery_estimate``; servers with
+CONDSTORE, where only messages whose flags changed are fetched). Once per cycle each
 triage folder is looked at cheaply: STATUS, and only when its UIDNEXT moved, the identity
 (Message-ID, or X-GM-MSGID on Gmail) of the new arrivals. An arrival whose last decision
 sent it elsewhere is a correction. The folder is mapped back to an intent through the
@@ -46,8 +48,25 @@ def scan(
     state: Callable[[], AbstractContextManager[StateStore]],
     metrics: Metrics,
 ) -> int:
-    """Record the corrections that arrived in the triage folders since the last look."""
+    """Record the corrections made in the triage folders since the last look."""
     found = 0
+    keywords = rules.intent_keywords()
+
+    def record(store: StateStore, decision: Decision, intent: str, folder: str, how: str) -> None:
+        nonlocal found
+        if store.add_correction(decision, intent, folder, decision.text or ""):
+            found += 1
+            metrics.corrections.labels(account.name).inc()
+        log.info(
+            "correction",
+            account=account.name,
+            message_id=decision.message_id,
+            predicted=decision.intent,
+            corrected=intent,
+            folder=folder,
+            how=how,
+        )
+
     for folder in sorted(rules.folders()):
         candidates = rules.intents_filed_in(folder)
         if not candidates:
@@ -59,33 +78,41 @@ def scan(
             seen = store.watched(account.name, folder)
         # First look (or the folder was recreated, e.g. by the user moving mail into a
         # folder that did not exist yet): read it all once; afterwards only new arrivals.
-        floor = 1 if seen is None or seen[0] != status.uidvalidity else seen[1]
-        if status.uidnext <= floor:
-            continue
-        arrivals = {
-            mid: uid
-            for uid, mid in mailbox.message_ids_from(folder, floor).items()
-            if mid is not None
-        }
+        fresh = seen is None or seen[0] != status.uidvalidity
+        floor = 1 if seen is None or fresh else seen[1]
+        if status.uidnext > floor:
+            arrivals = [
+                mid for mid in mailbox.message_ids_from(folder, floor).values() if mid is not None
+            ]
+            with state() as store:
+                for decision in store.filed(account.name, sorted(arrivals)).values():
+                    if decision.destination == folder or not decision.text:
+                        continue  # our own move, or filed before feedback was on (no text)
+                    intent = corrected_intent(candidates, decision)
+                    if intent is None or (intent == decision.intent and not decision.abstain):
+                        continue
+                    record(store, decision, intent, folder, "moved")
+        # A changed intent keyword (CONDSTORE: only messages whose flags changed).
+        since = None if seen is None or fresh else seen[2]
+        if keywords and since is not None and (status.highestmodseq or 0) > since:
+            named = {
+                uid: {keywords[f] for f in flags if f in keywords}
+                for uid, flags in mailbox.changed_flags(folder, since).items()
+            }
+            named = {uid: intents for uid, intents in named.items() if intents}
+            if named:
+                ids = mailbox.message_ids(folder, sorted(named))
+                with state() as store:
+                    filed = store.filed(account.name, sorted(m for m in ids.values() if m))
+                    for uid, intents in named.items():
+                        changed = filed.get(ids.get(uid) or "")
+                        if changed is None or not changed.text:
+                            continue
+                        new = intents - {changed.intent}
+                        if len(new) == 1:
+                            record(store, changed, new.pop(), folder, "keyword")
         with state() as store:
-            decisions = store.filed(account.name, sorted(arrivals))
-            for mid, decision in decisions.items():
-                if decision.destination == folder or not decision.text:
-                    continue  # our own move, or filed before feedback was on (no text)
-                intent = corrected_intent(candidates, decision)
-                if intent is None or (intent == decision.intent and not decision.abstain):
-                    continue
-                if store.add_correction(decision, intent, folder, decision.text):
-                    found += 1
-                    metrics.corrections.labels(account.name).inc()
-                log.info(
-                    "correction",
-                    account=account.name,
-                    message_id=mid,
-                    predicted=decision.intent,
-                    corrected=intent,
-                    folder=folder,
-                    was=decision.destination or decision.folder,
-                )
-            store.set_watched(account.name, folder, status.uidvalidity, status.uidnext)
+            store.set_watched(
+                account.name, folder, status.uidvalidity, status.uidnext, status.highestmodseq
+            )
     return found

@@ -397,6 +397,15 @@ class Rules:
             if self.decide(label, 1.0, False, Headers()).move == folder
         ]
 
+    def intent_keywords(self) -> dict[str, str]:
+        """Keywords that name exactly one intent (``$intent_card_arrival``), mapped to it:
+        how a user's change of the intent keyword is read back as a correction."""
+        owners: dict[str, set[str]] = {}
+        for label in self.labels:
+            for keyword in self.decide(label, 1.0, False, Headers()).keywords:
+                owners.setdefault(keyword, set()).add(label)
+        return {k: next(iter(v)) for k, v in owners.items() if len(v) == 1}
+
     def review_plan(self) -> Plan:
         """For messages the model could not classify: the abstain default's tags, but never
         a move or copy (the message stays where it is)."""

@@ -76,6 +76,7 @@ MIGRATIONS: list[str] = [
         folder TEXT NOT NULL,
         uidvalidity INTEGER NOT NULL,
         uidnext INTEGER NOT NULL,
+        highestmodseq INTEGER,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (account, folder)
     );
@@ -594,22 +595,34 @@ class StateStore:
 
     # -- corrections -------------------------------------------------------------------------
 
-    def watched(self, account: str, folder: str) -> tuple[int, int] | None:
-        """(UIDVALIDITY, UIDNEXT) of a triage folder when it was last looked at."""
+    def watched(self, account: str, folder: str) -> tuple[int, int, int | None] | None:
+        """(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) of a triage folder when last looked at."""
         rows = self._rows(
-            "SELECT uidvalidity, uidnext FROM watched WHERE account = ? AND folder = ?",
+            "SELECT uidvalidity, uidnext, highestmodseq FROM watched "
+            "WHERE account = ? AND folder = ?",
             (account, folder),
         )
-        return (int(rows[0]["uidvalidity"]), int(rows[0]["uidnext"])) if rows else None
+        if not rows:
+            return None
+        row = rows[0]
+        modseq = row["highestmodseq"]
+        return int(row["uidvalidity"]), int(row["uidnext"]), int(modseq) if modseq else None
 
-    def set_watched(self, account: str, folder: str, uidvalidity: int, uidnext: int) -> None:
+    def set_watched(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        uidnext: int,
+        highestmodseq: int | None = None,
+    ) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO watched(account, folder, uidvalidity, uidnext, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(account, folder) DO UPDATE SET "
-                "uidvalidity = excluded.uidvalidity, uidnext = excluded.uidnext, "
-                "updated_at = excluded.updated_at",
-                (account, folder, uidvalidity, uidnext, utcnow()),
+                "INSERT INTO watched(account, folder, uidvalidity, uidnext, highestmodseq, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account, folder) DO UPDATE "
+                "SET uidvalidity = excluded.uidvalidity, uidnext = excluded.uidnext, "
+                "highestmodseq = excluded.highestmodseq, updated_at = excluded.updated_at",
+                (account, folder, uidvalidity, uidnext, highestmodseq, utcnow()),
             )
 
     def filed(self, account: str, message_ids: Sequence[str]) -> dict[str, Decision]:

@@ -238,9 +238,7 @@ class Triage:
                     break
                 report.merge(self._folder(account, mailbox, folder, mode, progress))
             if account.feedback and not (mode.dry_run or mode.backfill or self.stop.is_set()):
-                report.corrections = feedback.scan(
-                    account, mailbox, self.runtime.current.rules, self._state, self.metrics
-                )
+                report.corrections = self._corrections(account, mailbox)
         except MailboxError as exc:
             kind = "connection" if isinstance(exc, ConnectionLostError) else "mailbox"
             if isinstance(exc, ConnectionLostError):
@@ -254,6 +252,19 @@ class Triage:
         if not mode.dry_run:
             self.metrics.last_success.labels(account.name).set(time.time())
         return report
+
+    def _corrections(self, account: Account, mailbox: Mailbox) -> int:
+        """Look for the user's corrections; a failure there never fails triage."""
+        try:
+            return feedback.scan(
+                account, mailbox, self.runtime.current.rules, self._state, self.metrics
+            )
+        except ConnectionLostError:
+            raise
+        except Exception as exc:
+            self.metrics.errors.labels(account.name, "feedback").inc()
+            log.error("feedback_failed", account=account.name, error=f"{type(exc).__name__}: {exc}")
+            return 0
 
     def _folder(
         self,

@@ -127,6 +127,11 @@ class Mailbox(ABC):
     def find_message_id(self, folder: str, message_id: str) -> list[int]:
         """UIDs in ``folder`` whose Message-ID header equals ``message_id``."""
 
+    def changed_flags(self, folder: str, since_modseq: int) -> dict[int, tuple[str, ...]]:
+        """Flags of every message in ``folder`` changed after ``since_modseq`` (CONDSTORE).
+        Stores without modification sequences report nothing."""
+        return {}
+
     @abstractmethod
     def add_flags(self, folder: str, uids: Sequence[int], flags: Sequence[str]) -> None:
         """Add flags/keywords (``\\Flagged``, ``\\Seen``, ``$intent_x``)."""

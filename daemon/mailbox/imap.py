@@ -346,15 +346,36 @@ class ImapMailbox(Mailbox):
         )
 
     def status(self, folder: str) -> FolderStatus:
+        items = ["UIDVALIDITY", "UIDNEXT", "MESSAGES"]
+        if self.capabilities.condstore:
+            items.append("HIGHESTMODSEQ")
         with self._guard(f"STATUS {folder}"):
-            info = self._cmd("STATUS").folder_status(
-                self._name(folder), ["UIDVALIDITY", "UIDNEXT", "MESSAGES"]
-            )
+            info = self._cmd("STATUS").folder_status(self._name(folder), items)
         return FolderStatus(
             uidvalidity=int(info[b"UIDVALIDITY"]),
             uidnext=int(info[b"UIDNEXT"]),
             exists=int(info[b"MESSAGES"]),
+            highestmodseq=int(info[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in info else None,
         )
+
+    def changed_flags(self, folder: str, since_modseq: int) -> dict[int, tuple[str, ...]]:
+        if not self.capabilities.condstore:
+            return {}
+        self._ensure_selected(folder)
+        with self._guard("UID SEARCH MODSEQ"):
+            changed = self._cmd("UID SEARCH").search(["MODSEQ", str(int(since_modseq) + 1)])
+        if not changed:
+            return {}
+        data: dict[int, Any] = {}
+        for chunk in _chunks(sorted(int(u) for u in changed)):
+            with self._guard("UID FETCH FLAGS"):
+                data.update(self._cmd("UID FETCH").fetch(chunk, ["FLAGS"]))
+        return {
+            int(uid): tuple(
+                f.decode() if isinstance(f, bytes) else str(f) for f in item.get(b"FLAGS", ())
+            )
+            for uid, item in data.items()
+        }
 
     def _ensure_selected(self, folder: str) -> IMAPClient:
         if self._selected != folder or self._selected_read_only != self.read_only:

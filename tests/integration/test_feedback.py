@@ -111,3 +111,44 @@ def test_without_feedback_nothing_is_stored(
             db.execute("SELECT count(*) FROM decisions WHERE text IS NOT NULL").fetchone()[0] == 0
         )
         assert db.execute("SELECT count(*) FROM corrections").fetchone()[0] == 0
+
+
+def test_a_changed_intent_keyword_is_a_correction(
+    workdir: Path, mail_user: MailUser, tiny_bundle: Path
+) -> None:
+    use_example_rules(workdir, feedback=True)
+    rules = load_rules(REPO / "configs/rules.example.yaml", load_manifest(tiny_bundle).labels)
+    folders = sorted(f for f in rules.folders() if rules.intents_filed_in(f))
+    cli(workdir, "once")
+    raw = email(QUERIES[2], 7200)
+    mail_user.append(raw)
+    cli(workdir, "once")
+    cli(workdir, "once")  # the triage folders have been looked at once
+    folder = where(mail_user, folders, raw)
+    message = mail_user.messages(folder)[mid(raw)]
+    predicted = next(f for f in message["flags"] if f.startswith("$intent_"))  # type: ignore[attr-defined]
+    # The user re-tags it in their mail client (e.g. a Thunderbird tag), leaving it there.
+    other = (
+        "$intent_top_up_failed" if predicted != "$intent_top_up_failed" else "$intent_top_up_limits"
+    )
+    with mail_user.client() as c:
+        c.select_folder(folder)
+        (uid,) = c.search(["HEADER", "Message-ID", mid(raw)])
+        c.remove_flags([uid], [predicted])
+        c.add_flags([uid], [other])
+    out = cli(workdir, "once", "--set", "log_level=info").stderr
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    (correction,) = [e for e in events if e.get("event") == "correction"]
+    assert correction["how"] == "keyword"
+    assert correction["corrected"] == other.removeprefix("$intent_")
+    assert correction["predicted"] == predicted.removeprefix("$intent_")
+    cli(workdir, "once")  # seen once: not recorded again
+    with cli_export(workdir).open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["category"] for r in rows] == [other.removeprefix("$intent_")]
+
+
+def cli_export(workdir: Path) -> Path:
+    path = workdir / "export.csv"
+    cli(workdir, "feedback", "export", "--output", str(path))
+    return path
