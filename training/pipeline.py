@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -118,13 +118,17 @@ def train(
     log: Log = print,
     *,
     extra_train: Split | None = None,
+    replace_texts: Collection[str] = (),
     parent_version: str | None = None,
     extra_metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Run the whole pipeline; return the new bundle directory (``models/<version>``).
 
     ``extra_train``: examples added to banking77's training split (never to validation or
-    test), e.g. the user's corrections for ``cleaninbox retrain``; ``parent_version`` and
+    test), e.g. the user's corrections for ``cleaninbox retrain``; ``replace_texts``:
+    training examples whose text (case and spacing aside) is one of these are dropped
+    first, so a correction overrides banking77's label for the same text and a held-out
+    correction is never trained on under another label; ``parent_version`` and
     ``extra_metrics`` are recorded in the manifest (lineage).
     """
     started = time.perf_counter()
@@ -136,6 +140,19 @@ def train(
     if config.model.init == "pretrained":
         resolve_base_model(config.model.base_model)  # a wrong path fails before any work
     data: Banking77 = load_banking77(config.data, seed)
+    if replace_texts:
+        drop = {" ".join(t.lower().split()) for t in replace_texts}
+        keep = [
+            i for i, t in enumerate(data.train.texts) if " ".join(t.lower().split()) not in drop
+        ]
+        if len(keep) < len(data.train):
+            log(f"data: {len(data.train) - len(keep)} training examples replaced by corrections")
+            data = dataclasses.replace(
+                data,
+                train=Split(
+                    [data.train.texts[i] for i in keep], [data.train.labels[i] for i in keep]
+                ),
+            )
     if extra_train is not None and len(extra_train):
         data = dataclasses.replace(
             data,

@@ -4,7 +4,9 @@ promoted only if it proves better (champion/challenger with a gate).
 1. Corrections are de-duplicated (same text: the latest wins) and split, by a hash of the
    text so the split is stable across runs, into a training part and a held-out part.
 2. The challenger is trained with the usual pipeline on banking77's training split plus the
-   training corrections, each repeated ``correction_weight`` times.
+   training corrections, each repeated ``correction_weight`` times; a banking77 training
+   example with the same text as any correction is dropped (the user's label wins, and a
+   held-out correction is never trained on under another label).
 3. Champion (``models/current``) and challenger are scored by the daemon's own classifier
    on the same banking77 test split and the same held-out corrections.
 4. Promotion only when the challenger loses at most ``tolerance_points`` on banking77 and
@@ -151,6 +153,7 @@ def retrain(
         models_dir,
         log,
         extra_train=extra,
+        replace_texts=[e.text for e in (*train_part, *holdout)],
         parent_version=champion,
         extra_metrics={
             "corrections_train": len(train_part),
