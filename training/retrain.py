@@ -32,7 +32,7 @@ from daemon.bundle import load_manifest
 from daemon.classifier import Classifier
 from daemon.errors import ConfigError, DataError
 from daemon.registry import current_version, promote
-from training.config import TrainConfig
+from training.config import RetrainConfig, TrainConfig
 from training.data import Split, load_banking77
 
 Log = Callable[[str], None]
@@ -119,6 +119,40 @@ def _accuracy(bundle: Path, texts: Sequence[str], labels: Sequence[str]) -> floa
     )
 
 
+def gate(old: Scores, new: Scores, holdout: int, options: RetrainConfig) -> tuple[bool, str]:
+    """Promote only within tolerance on banking77 and with at least ``min_holdout_gain``
+    more of the ``holdout`` held-out corrections right; returns (promoted, reason)."""
+    loss = (old.banking77_accuracy - new.banking77_accuracy) * 100
+    gained = round((new.holdout_accuracy - old.holdout_accuracy) * holdout)
+    if loss > options.tolerance_points:
+        promoted, reason = (
+            False,
+            (
+                f"kept the champion: the challenger loses {loss:.2f} points on banking77 "
+                f"(tolerance {options.tolerance_points:g})"
+            ),
+        )
+    elif gained < options.min_holdout_gain:
+        promoted, reason = (
+            False,
+            (
+                f"kept the champion: the challenger is not better on the held-out corrections "
+                f"({new.holdout_accuracy:.1%} vs {old.holdout_accuracy:.1%} of {holdout}: "
+                f"{gained:+d} right; it needs {options.min_holdout_gain:+d})"
+            ),
+        )
+    else:
+        promoted, reason = (
+            True,
+            (
+                f"promoted: held-out corrections {old.holdout_accuracy:.1%} -> "
+                f"{new.holdout_accuracy:.1%}, banking77 {old.banking77_accuracy:.2%} -> "
+                f"{new.banking77_accuracy:.2%}"
+            ),
+        )
+    return promoted, reason
+
+
 def retrain(
     config: TrainConfig,
     examples: Sequence[Example],
@@ -172,32 +206,7 @@ def retrain(
         for name, path in (("champion", champion_dir), ("challenger", challenger_dir))
     }
     old, new = scores["champion"], scores["challenger"]
-    loss = (old.banking77_accuracy - new.banking77_accuracy) * 100
-    if loss > options.tolerance_points:
-        promoted, reason = (
-            False,
-            (
-                f"kept the champion: the challenger loses {loss:.2f} points on banking77 "
-                f"(tolerance {options.tolerance_points:g})"
-            ),
-        )
-    elif new.holdout_accuracy <= old.holdout_accuracy:
-        promoted, reason = (
-            False,
-            (
-                f"kept the champion: the challenger is not better on the held-out corrections "
-                f"({new.holdout_accuracy:.1%} vs {old.holdout_accuracy:.1%})"
-            ),
-        )
-    else:
-        promoted, reason = (
-            True,
-            (
-                f"promoted: held-out corrections {old.holdout_accuracy:.1%} -> "
-                f"{new.holdout_accuracy:.1%}, banking77 {old.banking77_accuracy:.2%} -> "
-                f"{new.banking77_accuracy:.2%}"
-            ),
-        )
+    promoted, reason = gate(old, new, len(holdout), options)
     if promoted:
         promote(models_dir, challenger_dir.name, reason=f"retrain: {reason}")
     log(f"retrain: {reason}")

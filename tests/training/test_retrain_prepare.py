@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from daemon.errors import ConfigError, DataError
-from training.retrain import Example, prepare
+from training.config import RetrainConfig
+from training.retrain import Example, Scores, gate, prepare
 
 LABELS = ["card_arrival", "card_delivery_estimate", "top_up_failed"]
 
@@ -44,3 +45,21 @@ def test_unknown_intent_and_empty_text_are_named() -> None:
 def test_too_few_corrections_say_how_many_are_needed() -> None:
     with pytest.raises(ConfigError, match="needs at least 5 held out"):
         prepare(examples(4), LABELS, 0.25, 5)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "promoted", "why"),
+    [
+        ((0.9351, 0 / 9), (0.9377, 1 / 9), False, "+1 right; it needs +2"),  # one lucky guess
+        ((0.9351, 0 / 9), (0.9377, 2 / 9), True, "promoted"),
+        ((0.9351, 0 / 9), (0.9290, 9 / 9), False, "loses 0.61 points on banking77"),
+        ((0.9351, 3 / 9), (0.9351, 3 / 9), False, "not better"),
+    ],
+)
+def test_the_gate(
+    before: tuple[float, float], after: tuple[float, float], promoted: bool, why: str
+) -> None:
+    options = RetrainConfig(tolerance_points=0.5, min_holdout_gain=2)
+    decided, reason = gate(Scores(*before), Scores(*after), 9, options)
+    assert decided is promoted
+    assert why in reason
