@@ -7,11 +7,11 @@ is the audit log and the write-ahead journal: a decision is committed as ``pendi
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -94,6 +94,33 @@ MIGRATIONS: list[str] = [
     CREATE INDEX corrections_created ON corrections(created_at);
     """,
 ]
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised by the Windows CI job only
+    import msvcrt
+
+    def _lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def utcnow() -> str:
@@ -261,9 +288,7 @@ class StateStore:
             handle = lock_path.open("a+")
         except OSError as exc:
             raise StateError(f"state {self.path}: cannot create lock file: {exc.strerror}") from exc
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(handle.fileno()):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
@@ -279,7 +304,7 @@ class StateStore:
     def _release_lock(self) -> None:
         if self._lock_handle is not None:
             try:
-                fcntl.flock(self._lock_handle.fileno(), fcntl.LOCK_UN)
+                _unlock(self._lock_handle.fileno())
             finally:
                 self._lock_handle.close()
                 self._lock_handle = None

@@ -46,3 +46,26 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     target = tmp_path / tiny_bundle.name
     shutil.copytree(tiny_bundle, target)
     return target
+
+
+# Markers the GitHub workflow selects on (`.ci/run` runs everything): "dovecot" for tests
+# that need a mail server process (Dovecot, or the scripted Gmail peer), "posix" for tests
+# that need POSIX-only facilities (signals, tmpfs mounts, systemd/promtool, a shell).
+_MAIL_SERVER_DIRS = ("integration", "reliability")
+_POSIX_FILES = {
+    "test_state.py",
+    "test_deploy.py",
+    "test_docker_install.py",
+    "test_service_retrain.py",
+    "test_cli.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath))
+        if any(part in _MAIL_SERVER_DIRS for part in path.parts):
+            item.add_marker(pytest.mark.dovecot)
+            item.add_marker(pytest.mark.posix)
+        elif path.name in _POSIX_FILES:
+            item.add_marker(pytest.mark.posix)
