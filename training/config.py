@@ -154,6 +154,13 @@ class TrainConfig(YamlSettings):
 
     name: str = "banking77-minilm"
     output_dir: Path = Path("models")
+    tracking: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
+        default="none",
+        description="Experiment tracking: config, data sha256, metrics per epoch, final "
+        "metrics and report figures, bundle version. wandb honours WANDB_MODE=offline; "
+        "mlflow uses a local file store under tracking_dir.",
+    )
+    tracking_dir: Path = Field(default=Path("runs"), description="Where tracking runs go.")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainerConfig = TrainerConfig()

@@ -224,6 +224,7 @@ def fit(
     config: TrainerConfig,
     augment: Callable[[str, random.Random], str] | None = None,
     log: Callable[[str], None] = print,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
     """LP-FT: probe-initialised head, ``config.epochs`` of full fine-tuning, then
     ``config.qat_epochs`` of quantisation-aware fine-tuning (see training/qat.py)."""
@@ -245,6 +246,8 @@ def fit(
     init_head_from_probe(model, probe_ids, probe_labels, pad_id, config.probe_c, config.seed)
     probe_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
     log(f"linear probe: validation accuracy {probe_acc:.4f}")
+    if on_epoch is not None:  # step 0: the probe-initialised head, before fine-tuning
+        on_epoch(EpochRecord(0, float("nan"), probe_acc, time.perf_counter() - started))
     result = FitResult(model, probe_acc, 0, probe_acc)
     loop = _Loop(
         tokenizer,
@@ -270,6 +273,8 @@ def fit(
             val_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
             record = EpochRecord(epoch, loss, val_acc, time.perf_counter() - epoch_start)
             result.history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
             log(
                 f"epoch {epoch}: loss {loss:.4f}, validation accuracy {val_acc:.4f} "
                 f"({record.seconds:.0f} s)"
@@ -303,6 +308,8 @@ def fit(
                     config.epochs + epoch, loss, val_acc, time.perf_counter() - epoch_start
                 )
                 result.history.append(record)
+                if on_epoch is not None:
+                    on_epoch(record)
                 log(
                     f"int8-aware epoch {epoch}: loss {loss:.4f}, validation accuracy "
                     f"(int8-rounded) {val_acc:.4f} ({record.seconds:.0f} s)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 import platform
@@ -36,7 +37,7 @@ from daemon.classifier import Classifier
 from daemon.errors import ConfigError
 from daemon.samples import render_email
 from daemon.text import TEXT_RECIPE, email_to_text
-from training import report
+from training import report, tracking
 from training.baseline import run_baseline
 from training.calibration import choose_threshold, fit_temperature
 from training.config import TrainConfig
@@ -167,6 +168,20 @@ def train(
     )
     base = load_base_model(config.model)
     log(f"base model: {base.name}")
+    tracker = tracking.start(
+        config.tracking,
+        config.tracking_dir,
+        f"{config.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        config.model_dump(mode="json"),
+        data.sha256,
+    )
+
+    def on_epoch(record: EpochRecord) -> None:
+        metrics = {"val_accuracy": record.val_accuracy, "seconds": record.seconds}
+        if not math.isnan(record.train_loss):
+            metrics["train_loss"] = record.train_loss
+        tracker.epoch(record.epoch, metrics)
+
     model = IntentClassifier(base.encoder, len(data.label_names), config.model.pooling)
     if config.train.resume_from is not None:
         fitted = _resume(model, config.train.resume_from, log)
@@ -183,6 +198,7 @@ def train(
             config.train,
             augment=email_augment if config.train.email_augment_fraction > 0 else None,
             log=log,
+            on_epoch=on_epoch,
         )
     model = fitted.model
     checkpoint: Path | None = None
@@ -418,7 +434,13 @@ def train(
             checkpoint.rename(checkpoint.with_name(f"{version}.pt"))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        tracker.finish({}, [], None)
         raise
+    tracker.finish(
+        {k: float(v) for k, v in manifest.metrics.items() if isinstance(v, int | float)},
+        sorted((final / "report").glob("*.png")),
+        final.name,
+    )
     log(
         f"bundle written: {final} (test accuracy {test_metrics['accuracy']:.4f}, "
         f"macro-F1 {test_metrics['macro_f1']:.4f}, {elapsed / 60:.1f} min)"
