@@ -68,6 +68,27 @@ def main() -> None:
     "config_path",
     type=click.Path(path_type=Path),
     required=True,
+    help="Sweep config YAML (configs/sweep.yaml, configs/sweep-tiny.yaml).",
+)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def sweep(config_path: Path, overrides: tuple[str, ...]) -> None:
+    """Search hyperparameters with Optuna, scored on validation only; resumable. Writes a
+    results table and the best config."""
+    _training()
+    from training.sweep import load_sweep_config
+    from training.sweep import sweep as run_sweep
+
+    config = load_sweep_config(config_path, list(overrides))
+    best = run_sweep(config, log=_echo_err)
+    click.echo(f"results: {config.output / 'results.md'}\nbest config: {best}")
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
     help="Training config YAML; its retrain section sets weight, hold-out and tolerance.",
 )
 @click.option(

@@ -51,7 +51,7 @@ from training.finetune import (
     predict_logits,
     seed_everything,
 )
-from training.model import IntentClassifier, load_base_model, resolve_base_model
+from training.model import IntentClassifier, LoadedBase, load_base_model, resolve_base_model
 
 Log = Callable[[str], None]
 
@@ -182,24 +182,11 @@ def train(
             metrics["train_loss"] = record.train_loss
         tracker.epoch(record.epoch, metrics)
 
-    model = IntentClassifier(base.encoder, len(data.label_names), config.model.pooling)
     if config.train.resume_from is not None:
+        model = IntentClassifier(base.encoder, len(data.label_names), config.model.pooling)
         fitted = _resume(model, config.train.resume_from, log)
     else:
-        fitted = fit(
-            model,
-            base.tokenizer,
-            base.pad_token_id,
-            config.model.max_length,
-            data.train.texts,
-            data.train.labels,
-            data.val.texts,
-            data.val.labels,
-            config.train,
-            augment=email_augment if config.train.email_augment_fraction > 0 else None,
-            log=log,
-            on_epoch=on_epoch,
-        )
+        fitted = fit_model(config, data, base, log, on_epoch)
     model = fitted.model
     checkpoint: Path | None = None
     if config.train.save_checkpoint:
@@ -446,6 +433,32 @@ def train(
         f"macro-F1 {test_metrics['macro_f1']:.4f}, {elapsed / 60:.1f} min)"
     )
     return final
+
+
+def fit_model(
+    config: TrainConfig,
+    data: Banking77,
+    base: LoadedBase,
+    log: Log = print,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FitResult:
+    """A fresh classifier on ``base`` (a loaded base model), fitted as ``config`` says:
+    the training half of :func:`train`, also what a sweep trial runs."""
+    model = IntentClassifier(base.encoder, len(data.label_names), config.model.pooling)
+    return fit(
+        model,
+        base.tokenizer,
+        base.pad_token_id,
+        config.model.max_length,
+        data.train.texts,
+        data.train.labels,
+        data.val.texts,
+        data.val.labels,
+        config.train,
+        augment=email_augment if config.train.email_augment_fraction > 0 else None,
+        log=log,
+        on_epoch=on_epoch,
+    )
 
 
 def _resume(model: IntentClassifier, path: Path, log: Log) -> FitResult:
