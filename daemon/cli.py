@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from daemon import __version__
-from daemon.errors import CleanInboxError, DependencyError
+from daemon.errors import CleanInboxError, ConfigError, DataError, DependencyError
 
 DEFAULT_MODELS_DIR = Path("models")
 
@@ -60,6 +60,57 @@ def main() -> None:
 
 
 # --- training ---------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def data() -> None:
+    """The training data (banking77)."""
+
+
+@data.command("check")
+@click.option(
+    "--dir",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="banking77 CSV directory (default: BANKING77_DIR).",
+)
+@click.option(
+    "--copy-to",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also copy the validated files here, with data.json (their sha256 and sizes).",
+)
+def data_check(data_dir: Path | None, copy_to: Path | None) -> None:
+    """Validate banking77 (columns, 77 labels, no empty texts) and print its sha256."""
+    import os
+    import shutil
+
+    from daemon.bundle import sha256_file
+    from training.config import DataConfig
+    from training.data import FILES, load_banking77
+
+    config = DataConfig(source="csv")
+    if data_dir is not None:
+        config.dir = data_dir
+    elif os.environ.get("BANKING77_DIR"):
+        config.dir = Path(os.environ["BANKING77_DIR"])
+    loaded = load_banking77(config, seed=0)
+    summary = {
+        "dir": str(config.dir),
+        "labels": len(loaded.label_names),
+        "train": len(loaded.train) + len(loaded.val),
+        "test": len(loaded.test),
+        "sha256": loaded.sha256,
+    }
+    if copy_to is not None:
+        copy_to.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            shutil.copyfile(config.dir / name, copy_to / name)
+            if sha256_file(copy_to / name) != loaded.sha256[name]:
+                raise DataError(f"{copy_to / name}: the copy does not match its source")
+        (copy_to / "data.json").write_text(json.dumps(summary, indent=2) + "\n")
+    click.echo(json.dumps(summary, indent=2))
 
 
 @main.command()
@@ -422,6 +473,51 @@ def models_promote(version: str, models_dir: Path) -> None:
 
     manifest = promote(models_dir, version)
     click.echo(f"models/current -> {manifest.version}")
+
+
+@models.command("config")
+@click.argument("version")
+@_models_dir_option
+def models_config(version: str, models_dir: Path) -> None:
+    """Print the training config a bundle was made with (YAML), headed by the code version
+    and data sha256 to check before reproducing it."""
+    import yaml
+
+    from daemon.bundle import load_manifest
+    from daemon.registry import resolve_bundle
+
+    manifest = load_manifest(resolve_bundle(models_dir, version), verify=False)
+    lines = [
+        f"# Training config of bundle {manifest.version} (created {manifest.created_at:%Y-%m-%d}).",
+        f"# Code version: {manifest.code_version}  (git checkout it first)",
+        f"# Data ({manifest.dataset.name}, {manifest.dataset.source}): `cleaninbox data check`",
+        "# must print these sha256:",
+        *(f"#   {name}: {digest}" for name, digest in sorted(manifest.dataset.files.items())),
+        f"# Reproduce: cleaninbox train --config THIS_FILE  (base model {manifest.base_model})",
+    ]
+    click.echo("\n".join(lines))
+    click.echo(yaml.safe_dump(manifest.training_config, sort_keys=False), nl=False)
+
+
+@models.command("publish")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+def models_publish(source: Path, target: Path) -> None:
+    """Copy the one bundle in SOURCE (a training output directory) to TARGET after
+    verifying every file's sha256 (the pipeline's export stage)."""
+    import shutil
+
+    from daemon.bundle import load_manifest
+
+    bundles = [p for p in sorted(source.iterdir()) if (p / "manifest.json").is_file()]
+    if len(bundles) != 1:
+        raise ConfigError(f"{source}: expected exactly one bundle, found {len(bundles)}")
+    manifest = load_manifest(bundles[0], verify=True)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(bundles[0], target, ignore=shutil.ignore_patterns(".*"))
+    load_manifest(target, verify=True)
+    click.echo(f"{manifest.version} -> {target}")
 
 
 @models.command("rollback")

@@ -58,6 +58,7 @@ _POSIX_FILES = {
     "test_docker_install.py",
     "test_service_retrain.py",
     "test_cli.py",
+    "test_dvc_pipeline.py",
 }
 
 
