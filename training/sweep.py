@@ -64,6 +64,12 @@ class SweepConfig(YamlSettings):
     prune_after_epochs: int = Field(
         default=1, ge=0, description="Never prune before this many epochs."
     )
+    prune_after_trials: int = Field(
+        default=5,
+        ge=0,
+        description="Never prune before this many trials have finished (the median of too "
+        "few trials prunes nearly everything).",
+    )
     space: dict[str, Range] = Field(min_length=1)
 
 
@@ -123,7 +129,7 @@ def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=config.seed),
         pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=1, n_warmup_steps=config.prune_after_epochs
+            n_startup_trials=config.prune_after_trials, n_warmup_steps=config.prune_after_epochs
         ),
     )
 

@@ -67,6 +67,7 @@ def test_a_bad_trial_is_pruned_early(tmp_path: Path, banking77_dir: Path) -> Non
         "output": str(tmp_path / "out"),
         "trials": 3,
         "prune_after_epochs": 0,
+        "prune_after_trials": 1,
         "space": {
             "train.encoder_lr": {"choices": [1.0e-3, 1.0e-9]},
             "train.head_lr": {"choices": [1.0e-3, 1.0e-9]},
