@@ -49,6 +49,13 @@ def _training() -> None:
             )
 
 
+def _banking77_dir(data_dir: Path | None) -> Path:
+    """``--data-dir``, else ``BANKING77_DIR``, else the project default."""
+    import os
+
+    return data_dir or Path(os.environ.get("BANKING77_DIR") or "data/raw/banking77")
+
+
 def _echo_err(line: str) -> None:
     click.echo(line, err=True)
 
@@ -83,18 +90,13 @@ def data() -> None:
 )
 def data_check(data_dir: Path | None, copy_to: Path | None) -> None:
     """Validate banking77 (columns, 77 labels, no empty texts) and print its sha256."""
-    import os
     import shutil
 
     from daemon.bundle import sha256_file
     from training.config import DataConfig
     from training.data import FILES, load_banking77
 
-    config = DataConfig(source="csv")
-    if data_dir is not None:
-        config.dir = data_dir
-    elif os.environ.get("BANKING77_DIR"):
-        config.dir = Path(os.environ["BANKING77_DIR"])
+    config = DataConfig(source="csv", dir=_banking77_dir(data_dir))
     loaded = load_banking77(config, seed=0)
     summary = {
         "dir": str(config.dir),
@@ -273,15 +275,9 @@ def evaluate(
     model_dir: Path, data_dir: Path | None, report_dir: Path | None, no_emails: bool
 ) -> None:
     """Score a bundle on the banking77 test set (plain queries and rendered as emails)."""
-    import os
-
     from training.config import DataConfig
 
-    data = DataConfig()
-    if data_dir is not None:
-        data.dir = data_dir
-    elif os.environ.get("BANKING77_DIR"):
-        data.dir = Path(os.environ["BANKING77_DIR"])
+    data = DataConfig(dir=_banking77_dir(data_dir))
     from daemon.bundle import read_manifest
 
     read_manifest(model_dir)  # a bad bundle is reported before the heavy imports
@@ -342,12 +338,10 @@ def classify(texts: tuple[str, ...], model_dir: Path, input_file: Path | None, t
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(workdir: Path, models_dir: Path, emails: int, data_dir: Path | None, seed: int) -> None:
     """Build a model if none exists, triage sample emails in a local Maildir, summarise."""
-    import os
-
     from daemon.logs import configure_logging
 
     configure_logging("console", "warning")
-    data = data_dir or Path(os.environ.get("BANKING77_DIR", "data/raw/banking77"))
+    data = _banking77_dir(data_dir)
     if not (data / "test.csv").is_file():
         from daemon.errors import DataError
 

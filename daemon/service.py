@@ -228,18 +228,14 @@ class Service:
         except subprocess.TimeoutExpired:
             outcome, detail = "failed", f"took longer than {schedule.timeout_hours:g} h"
         else:
-            last = (result.stdout or result.stderr).strip().splitlines()
-            detail = (
-                last[0]
-                if result.returncode == 0 and last
-                else (
-                    result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no output"
-                )
-            )
-            if result.returncode != 0:
-                outcome = "failed"
+            # Success: the first stdout line says promoted/kept and why; failure: the
+            # last stderr line is the error.
+            if result.returncode == 0:
+                detail = (result.stdout.strip().splitlines() or ["no output"])[0]
+                outcome = "promoted" if detail.startswith("promoted") else "kept"
             else:
-                outcome = "promoted" if result.stdout.startswith("promoted") else "kept"
+                outcome = "failed"
+                detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         self.metrics.retrains.labels(outcome).inc()
         (log.info if outcome != "failed" else log.error)(
             "retrain_finished",

@@ -35,9 +35,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_secret(owner: str, env: str | None, file: Path | None) -> SecretStr | None:
+def read_secret(
+    owner: str, env: str | None, file: Path | None, *, strip: bool = True
+) -> SecretStr | None:
     """A secret from an environment variable or a file (read on every call, so a rotated
-    file is picked up without a restart); None when neither is configured."""
+    file is picked up without a restart); None when neither is configured. ``strip``:
+    remove surrounding whitespace from a file's content, else only the line ending."""
     if env:
         value = os.environ.get(env)
         if value is None:
@@ -45,9 +48,10 @@ def read_secret(owner: str, env: str | None, file: Path | None) -> SecretStr | N
         return SecretStr(value)
     if file:
         try:
-            return SecretStr(file.read_text(encoding="utf-8").strip())
+            text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{owner}: cannot read {file}: {exc.strerror}") from exc
+        return SecretStr(text.strip() if strip else text.rstrip("\r\n"))
     return None
 
 
@@ -269,23 +273,14 @@ class Account(_Strict):
         return self
 
     def password(self) -> SecretStr:
-        """Read the password from its env var or file (never stored in settings dumps)."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"account {self.name}: environment variable {self.password_env} is not set"
-                )
-            return SecretStr(value)
-        if self.password_file:
-            try:
-                return SecretStr(self.password_file.read_text(encoding="utf-8").rstrip("\r\n"))
-            except OSError as exc:
-                raise ConfigError(
-                    f"account {self.name}: cannot read password_file {self.password_file}: "
-                    f"{exc.strerror}"
-                ) from exc
-        raise ConfigError(f"account {self.name}: no password configured")
+        """Read the password from its env var or file (never stored in settings dumps);
+        a password file keeps its spaces, only the line ending is dropped."""
+        secret = read_secret(
+            f"account {self.name}: password", self.password_env, self.password_file, strip=False
+        )
+        if secret is None:
+            raise ConfigError(f"account {self.name}: no password configured")
+        return secret
 
 
 class HttpSettings(_Strict):
@@ -313,19 +308,10 @@ class HttpSettings(_Strict):
         return int(self.listen.rpartition(":")[2])
 
     def token(self) -> SecretStr | None:
-        if self.token_env:
-            value = os.environ.get(self.token_env)
-            if not value:
-                raise ConfigError(
-                    f"http.token_env: environment variable {self.token_env} is not set"
-                )
-            return SecretStr(value)
-        if self.token_file:
-            try:
-                return SecretStr(self.token_file.read_text(encoding="utf-8").strip())
-            except OSError as exc:
-                raise ConfigError(f"http.token_file {self.token_file}: {exc.strerror}") from exc
-        return None
+        secret = read_secret("http token", self.token_env, self.token_file)
+        if secret is not None and not secret.get_secret_value():
+            raise ConfigError(f"http token: {self.token_env or self.token_file} is empty")
+        return secret
 
 
 class ClassifierSettings(_Strict):

@@ -589,34 +589,38 @@ class StateStore:
         rows = self._rows("SELECT undo_of FROM decisions WHERE kind = 'undo' AND status = 'done'")
         return {int(r["undo_of"]) for r in rows if r["undo_of"] is not None}
 
-    def decided_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
-        """Which of ``message_ids`` already have a triage decision in ``account``."""
-        found: set[str] = set()
+    def _rows_for_ids(
+        self, query: str, account: str, message_ids: Sequence[str]
+    ) -> list[sqlite3.Row]:
+        """``query`` (with ``{marks}`` for the IN list) over ``message_ids``, 500 at a time
+        (SQLite's bound-parameter limit), for ``account``."""
+        rows: list[sqlite3.Row] = []
         for start in range(0, len(message_ids), 500):
             chunk = list(message_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            rows = self._rows(
-                "SELECT DISTINCT message_id FROM decisions WHERE kind = 'triage' "
-                f"AND account = ? AND message_id IN ({marks})",
-                (account, *chunk),
-            )
-            found.update(str(r["message_id"]) for r in rows)
-        return found
+            rows += self._rows(query.format(marks=marks), (account, *chunk))
+        return rows
+
+    def decided_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of ``message_ids`` already have a triage decision in ``account``."""
+        rows = self._rows_for_ids(
+            "SELECT DISTINCT message_id FROM decisions WHERE kind = 'triage' "
+            "AND account = ? AND message_id IN ({marks})",
+            account,
+            message_ids,
+        )
+        return {str(r["message_id"]) for r in rows}
 
     def undone_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
         """Which of ``message_ids`` were triaged in ``account`` and later restored by undo."""
-        found: set[str] = set()
-        for start in range(0, len(message_ids), 500):
-            chunk = list(message_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self._rows(
-                "SELECT DISTINCT d.message_id FROM decisions d JOIN decisions u "
-                "ON u.undo_of = d.id AND u.kind = 'undo' AND u.status = 'done' "
-                f"WHERE d.account = ? AND d.message_id IN ({marks})",
-                (account, *chunk),
-            )
-            found.update(str(r["message_id"]) for r in rows)
-        return found
+        rows = self._rows_for_ids(
+            "SELECT DISTINCT d.message_id FROM decisions d JOIN decisions u "
+            "ON u.undo_of = d.id AND u.kind = 'undo' AND u.status = 'done' "
+            "WHERE d.account = ? AND d.message_id IN ({marks})",
+            account,
+            message_ids,
+        )
+        return {str(r["message_id"]) for r in rows}
 
     # -- corrections -------------------------------------------------------------------------
 
@@ -652,18 +656,13 @@ class StateStore:
 
     def filed(self, account: str, message_ids: Sequence[str]) -> dict[str, Decision]:
         """The latest completed triage decision of each of ``message_ids``."""
-        out: dict[str, Decision] = {}
-        for start in range(0, len(message_ids), 500):
-            chunk = list(message_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self._rows(
-                "SELECT * FROM decisions WHERE kind = 'triage' AND status = 'done' "
-                f"AND account = ? AND message_id IN ({marks}) ORDER BY id",
-                (account, *chunk),
-            )
-            for row in rows:
-                out[str(row["message_id"])] = _row_to_decision(row)
-        return out
+        rows = self._rows_for_ids(
+            "SELECT * FROM decisions WHERE kind = 'triage' AND status = 'done' "
+            "AND account = ? AND message_id IN ({marks}) ORDER BY id",
+            account,
+            message_ids,
+        )
+        return {str(row["message_id"]): _row_to_decision(row) for row in rows}
 
     def add_correction(self, decision: Decision, corrected: str, folder: str, text: str) -> bool:
         """Record (or update: the user moved it again) a correction; True when new."""

@@ -16,8 +16,8 @@ MARKER = "<!-- settings-reference -->"
 
 
 def _type(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if not hasattr(annotation, "__args__") else None
-    text = text or str(annotation)
+    generic = getattr(annotation, "__args__", None)
+    text = str(annotation) if generic else getattr(annotation, "__name__", str(annotation))
     for noise in ("typing.", "pathlib.", "pydantic.types.", "daemon.settings.", "training.config."):
         text = text.replace(noise, "")
     return text.replace("|", "or")
@@ -44,7 +44,7 @@ def table(model: type[BaseModel], prefix: str) -> str:
     for name, field in model.model_fields.items():
         description = (field.description or "").replace("|", "\\|").replace("\n", " ")
         rows.append(
-            f"| `{name}` | {_type(field.annotation).replace('|', '/')} | "
+            f"| `{name}` | {_type(field.annotation)} | "
             f"{_default(field).replace('|', '/')} | {description} |"
         )
     return "\n".join(rows) + "\n"

@@ -8,7 +8,8 @@ import random
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +173,16 @@ def cli(
             f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` every 50 ms; seconds it took, or fail naming ``what``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def email(query: str, seed: int, **headers: str) -> bytes:

@@ -110,35 +110,27 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_backup_while_the_daemon_holds_the_state(tmp_path: Path) -> None:
     state = tmp_path / "var/state.db"
     (tmp_path / "cleaninbox.yaml").write_text(f"state: {state}\n")
+
+    def backup() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "daemon.cli",
+                "backup",
+                str(tmp_path / "b/copy.db"),
+                "--config",
+                str(tmp_path / "cleaninbox.yaml"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+
     with StateStore(state) as running:  # the daemon: lock held, WAL with uncheckpointed rows
         running.record([decision(1), decision(2, status="done")])
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "daemon.cli",
-                "backup",
-                str(tmp_path / "b/copy.db"),
-                "--config",
-                str(tmp_path / "cleaninbox.yaml"),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        result = backup()
         assert result.returncode == 0, result.stderr
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "daemon.cli",
-                "backup",
-                str(tmp_path / "b/copy.db"),
-                "--config",
-                str(tmp_path / "cleaninbox.yaml"),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        again = backup()  # never overwrites an earlier backup
         assert again.returncode == 1
         assert "exists; choose a new file" in again.stderr
     copy = sqlite3.connect(tmp_path / "b/copy.db")

@@ -42,6 +42,12 @@ class Banking77:
     sha256: dict[str, str]
 
 
+def same_text_key(text: str) -> str:
+    """Texts that differ only in case and spacing share this key (corrections replace
+    banking77 examples, and are de-duplicated, by it)."""
+    return " ".join(text.lower().split())
+
+
 def read_categories(path: Path) -> list[str]:
     try:
         names = json.loads(path.read_text(encoding="utf-8"))

@@ -41,7 +41,7 @@ from training import report, tracking
 from training.baseline import run_baseline
 from training.calibration import choose_threshold, fit_temperature
 from training.config import TrainConfig
-from training.data import Banking77, Split, load_banking77
+from training.data import Banking77, Split, load_banking77, same_text_key
 from training.export import build_onnx, check_parity, parity
 from training.finetune import (
     EpochRecord,
@@ -142,10 +142,8 @@ def train(
         resolve_base_model(config.model.base_model)  # a wrong path fails before any work
     data: Banking77 = load_banking77(config.data, seed)
     if replace_texts:
-        drop = {" ".join(t.lower().split()) for t in replace_texts}
-        keep = [
-            i for i, t in enumerate(data.train.texts) if " ".join(t.lower().split()) not in drop
-        ]
+        drop = {same_text_key(t) for t in replace_texts}
+        keep = [i for i, t in enumerate(data.train.texts) if same_text_key(t) not in drop]
         if len(keep) < len(data.train):
             log(f"data: {len(data.train) - len(keep)} training examples replaced by corrections")
             data = dataclasses.replace(

@@ -33,7 +33,7 @@ from daemon.classifier import Classifier
 from daemon.errors import ConfigError, DataError
 from daemon.registry import current_version, promote
 from training.config import RetrainConfig, TrainConfig
-from training.data import Split, load_banking77
+from training.data import Split, load_banking77, same_text_key
 
 Log = Callable[[str], None]
 REPORTS = "retrain-reports"
@@ -77,10 +77,6 @@ def read_corrections_csv(path: Path) -> list[Example]:
         raise DataError(f"cannot read corrections {path}: {exc.strerror}") from exc
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def prepare(
     examples: Sequence[Example], labels: Sequence[str], holdout_fraction: float, min_holdout: int
 ) -> tuple[list[Example], list[Example]]:
@@ -92,12 +88,12 @@ def prepare(
             raise DataError(f"correction {n}: unknown intent {example.label!r}")
         if not example.text.strip():
             raise DataError(f"correction {n}: empty text")
-        latest[_normalise(example.text)] = example
+        latest[same_text_key(example.text)] = example
     unique = list(latest.values())
     cut = int(holdout_fraction * 1000)
 
     def bucket(e: Example) -> int:
-        return int(hashlib.sha256(_normalise(e.text).encode()).hexdigest()[:8], 16) % 1000
+        return int(hashlib.sha256(same_text_key(e.text).encode()).hexdigest()[:8], 16) % 1000
 
     holdout = [e for e in unique if bucket(e) < cut]
     train = [e for e in unique if bucket(e) >= cut]

@@ -10,6 +10,7 @@ extras: a missing one is a clear error at start.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Mapping
@@ -25,6 +26,16 @@ class Tracker(Protocol):
     def finish(
         self, summary: Mapping[str, float], figures: list[Path], version: str | None
     ) -> None: ...
+
+
+def _require(module: str, backend: str, extra: str) -> Any:
+    """Import a backend's module, or say which install extra brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DependencyError(
+            f"tracking: {backend} needs its package: pip install 'cleaninbox[{extra}]'"
+        ) from exc
 
 
 class NoTracker:
@@ -50,14 +61,9 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class TensorBoardTracker:
     def __init__(self, directory: Path, name: str, config: dict[str, Any], data: dict[str, str]):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:  # tensorboard is part of the [train] extra
-            raise DependencyError(
-                "tracking: tensorboard needs the tensorboard package: pip install tensorboard"
-            ) from exc
+        writer_class = _require("torch.utils.tensorboard", "tensorboard", "train").SummaryWriter
         self.path = directory / name
-        self.writer = SummaryWriter(log_dir=str(self.path))
+        self.writer = writer_class(log_dir=str(self.path))
         self.writer.add_text("config", f"```\n{json.dumps(config, indent=1)}\n```")
         self.writer.add_text("data_sha256", json.dumps(data, indent=1))
 
@@ -82,13 +88,7 @@ class TensorBoardTracker:
 
 class WandbTracker:
     def __init__(self, directory: Path, name: str, config: dict[str, Any], data: dict[str, str]):
-        try:
-            import wandb
-        except ImportError as exc:
-            raise DependencyError(
-                "tracking: wandb needs the wandb package: pip install 'cleaninbox[wandb]'"
-            ) from exc
-        self.wandb = wandb
+        self.wandb = wandb = _require("wandb", "wandb", "wandb")
         directory.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "cleaninbox"),
@@ -114,13 +114,7 @@ class WandbTracker:
 
 class MlflowTracker:
     def __init__(self, directory: Path, name: str, config: dict[str, Any], data: dict[str, str]):
-        try:
-            import mlflow
-        except ImportError as exc:
-            raise DependencyError(
-                "tracking: mlflow needs the mlflow package: pip install 'cleaninbox[mlflow]'"
-            ) from exc
-        self.mlflow = mlflow
+        self.mlflow = mlflow = _require("mlflow", "mlflow", "mlflow")
         if "MLFLOW_TRACKING_URI" not in os.environ:
             # A local store: runs in an SQLite file, artifacts beside it (MLflow 3 keeps
             # its plain-file store in maintenance mode).

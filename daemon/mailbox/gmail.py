@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 import structlog
 
 from daemon.errors import MailboxError
-from daemon.mailbox.base import FetchedMessage, Identity
 from daemon.mailbox.imap import ImapMailbox, _chunks
 
 log = structlog.get_logger("cleaninbox.gmail")
@@ -86,74 +85,19 @@ class GmailMailbox(ImapMailbox):
     def _label(self, folder: str) -> str:
         return "\\Inbox" if folder.upper() == "INBOX" else self._name(folder)
 
-    # -- identity: X-GM-MSGID ------------------------------------------------------------------
+    # -- identity: X-GM-MSGID; the daily download budget --------------------------------------
 
-    def _msgids(self, folder: str, uids: Sequence[int]) -> dict[int, int]:
-        self._ensure_selected(folder)
-        out: dict[int, int] = {}
-        for chunk in _chunks(list(uids)):
-            with self._guard("UID FETCH X-GM-MSGID"):
-                data = self._cmd("UID FETCH").fetch(chunk, ["X-GM-MSGID"])
-            for uid, item in data.items():
-                if b"X-GM-MSGID" in item:
-                    out[int(uid)] = int(item[b"X-GM-MSGID"])
-        return out
+    IDENTITY_ITEMS = ("X-GM-MSGID",)
+    SERVER_IDENTITY = True
 
-    def fetch(self, folder: str, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
-        self._ensure_selected(folder)
-        out: list[FetchedMessage] = []
-        section = f"BODY.PEEK[]<0.{max_bytes}>"
-        for chunk in _chunks(list(uids)):
-            planned = len(chunk) * max_bytes
-            self.budget.take(self.account, planned)
-            with self._guard("UID FETCH"):
-                data = self._cmd("UID FETCH").fetch(
-                    chunk, [section, "RFC822.SIZE", "FLAGS", "INTERNALDATE", "X-GM-MSGID"]
-                )
-            used = 0
-            for uid in chunk:
-                item = data.get(uid)
-                if item is None:
-                    continue
-                raw = bytes(item.get(b"BODY[]<0>") or item.get(b"BODY[]") or b"")
-                used += len(raw)
-                when = item.get(b"INTERNALDATE")
-                out.append(
-                    FetchedMessage(
-                        uid=uid,
-                        raw=raw,
-                        size=int(item.get(b"RFC822.SIZE", len(raw))),
-                        flags=tuple(
-                            f.decode() if isinstance(f, bytes) else str(f)
-                            for f in item.get(b"FLAGS", ())
-                        ),
-                        internal_date=when.isoformat() if isinstance(when, datetime) else None,
-                        identity=identity(int(item[b"X-GM-MSGID"]))
-                        if b"X-GM-MSGID" in item
-                        else None,
-                    )
-                )
-            self.budget.give_back(planned - used)
-        return out
+    def _identity_of(self, item: dict[bytes, Any]) -> str | None:
+        return identity(int(item[b"X-GM-MSGID"])) if b"X-GM-MSGID" in item else None
 
-    def message_ids(self, folder: str, uids: Sequence[int]) -> dict[int, str | None]:
-        return {uid: identity(m) for uid, m in self._msgids(folder, uids).items()}
+    def _reserve(self, planned: int) -> None:
+        self.budget.take(self.account, planned)
 
-    def identify(self, folder: str, uids: Sequence[int]) -> dict[int, Identity]:
-        self._ensure_selected(folder)
-        out: dict[int, Identity] = {}
-        for chunk in _chunks(list(uids)):
-            with self._guard("UID FETCH"):
-                data = self._cmd("UID FETCH").fetch(chunk, ["X-GM-MSGID", "INTERNALDATE"])
-            for uid, item in data.items():
-                when = item.get(b"INTERNALDATE")
-                if isinstance(when, datetime) and when.tzinfo is None:
-                    when = when.astimezone()
-                out[int(uid)] = Identity(
-                    identity(int(item[b"X-GM-MSGID"])) if b"X-GM-MSGID" in item else None,
-                    when if isinstance(when, datetime) else None,
-                )
-        return out
+    def _release(self, unused: int) -> None:
+        self.budget.give_back(unused)
 
     def find_message_id(self, folder: str, message_id: str) -> list[int]:
         if not message_id.startswith(PREFIX):

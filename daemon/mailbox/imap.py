@@ -410,71 +410,77 @@ class ImapMailbox(Mailbox):
                 )
         return found & set(uids)
 
+    # How a message is identified across folders: its Message-ID header here; Gmail
+    # overrides these with its server-assigned X-GM-MSGID.
+    IDENTITY_ITEMS: tuple[str, ...] = ("BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]",)
+    SERVER_IDENTITY = False  # fetch() asks for the identity too (Message-ID is in the body)
+
+    def _identity_of(self, item: dict[bytes, Any]) -> str | None:
+        raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
+        value = email.message_from_bytes(raw or b"", policy=email.policy.compat32).get("Message-ID")
+        return " ".join(str(value).split()) if value else None
+
+    def _reserve(self, planned: int) -> None:
+        """Called before fetching up to ``planned`` bytes (Gmail's daily budget)."""
+
+    def _release(self, unused: int) -> None:
+        """Called with the part of a reservation a fetch did not use."""
+
     def fetch(self, folder: str, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
         self._ensure_selected(folder)
         out: list[FetchedMessage] = []
-        section = f"BODY.PEEK[]<0.{max_bytes}>"
+        items = [f"BODY.PEEK[]<0.{max_bytes}>", "RFC822.SIZE", "FLAGS", "INTERNALDATE"]
+        if self.SERVER_IDENTITY:
+            items += self.IDENTITY_ITEMS
         for chunk in _chunks(uids):
+            planned = len(chunk) * max_bytes
+            self._reserve(planned)
             with self._guard("UID FETCH"):
-                data = self._cmd("UID FETCH").fetch(
-                    chunk, [section, "RFC822.SIZE", "FLAGS", "INTERNALDATE"]
-                )
+                data = self._cmd("UID FETCH").fetch(chunk, items)
+            used = 0
             for uid in chunk:
                 item = data.get(uid)
                 if item is None:
                     continue  # expunged meanwhile
-                raw = item.get(b"BODY[]<0>")
-                if raw is None:
-                    raw = item.get(b"BODY[]", b"")
+                raw = bytes(item.get(b"BODY[]<0>") or item.get(b"BODY[]") or b"")
+                used += len(raw)
                 when = item.get(b"INTERNALDATE")
                 out.append(
                     FetchedMessage(
                         uid=uid,
-                        raw=bytes(raw or b""),
-                        size=int(item.get(b"RFC822.SIZE", len(raw or b""))),
+                        raw=raw,
+                        size=int(item.get(b"RFC822.SIZE", len(raw))),
                         flags=tuple(
                             f.decode() if isinstance(f, bytes) else str(f)
                             for f in item.get(b"FLAGS", ())
                         ),
                         internal_date=when.isoformat() if isinstance(when, datetime) else None,
+                        identity=self._identity_of(item) if self.SERVER_IDENTITY else None,
                     )
                 )
+            self._release(planned - used)
         return out
 
     def message_ids(self, folder: str, uids: Sequence[int]) -> dict[int, str | None]:
-        self._ensure_selected(folder)
-        out: dict[int, str | None] = {}
-        for chunk in _chunks(uids):
-            with self._guard("UID FETCH"):
-                data = self._cmd("UID FETCH").fetch(
-                    chunk, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]
-                )
-            for uid, item in data.items():
-                raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
-                parsed = email.message_from_bytes(raw or b"", policy=email.policy.compat32)
-                value = parsed.get("Message-ID")
-                out[int(uid)] = " ".join(str(value).split()) if value else None
-        return out
+        return {uid: i.message_id for uid, i in self._identities(folder, uids, []).items()}
 
     def identify(self, folder: str, uids: Sequence[int]) -> dict[int, Identity]:
+        return self._identities(folder, uids, ["INTERNALDATE"])
+
+    def _identities(
+        self, folder: str, uids: Sequence[int], extra: list[str]
+    ) -> dict[int, Identity]:
         self._ensure_selected(folder)
         out: dict[int, Identity] = {}
         for chunk in _chunks(uids):
             with self._guard("UID FETCH"):
-                data = self._cmd("UID FETCH").fetch(
-                    chunk, ["INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]
-                )
+                data = self._cmd("UID FETCH").fetch(chunk, [*self.IDENTITY_ITEMS, *extra])
             for uid, item in data.items():
-                raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
-                value = email.message_from_bytes(raw or b"", policy=email.policy.compat32).get(
-                    "Message-ID"
-                )
                 when = item.get(b"INTERNALDATE")
                 if isinstance(when, datetime) and when.tzinfo is None:
                     when = when.astimezone()  # imapclient gives local naive times by default
                 out[int(uid)] = Identity(
-                    " ".join(str(value).split()) if value else None,
-                    when if isinstance(when, datetime) else None,
+                    self._identity_of(item), when if isinstance(when, datetime) else None
                 )
         return out
 

@@ -19,17 +19,8 @@ import pytest
 import yaml
 
 from tests.dovecot import Dovecot
-from tests.mail_fixtures import ENV, MailUser, email, mid, take_user
+from tests.mail_fixtures import ENV, MailUser, email, mid, take_user, wait_for
 from tests.proxy import Proxy
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def filed(user: MailUser, raw: bytes) -> Callable[[], bool]:
@@ -162,10 +153,10 @@ def test_silently_dead_link_is_detected_and_mail_caught_up(
         assert proxy.freeze() >= 1  # every link now swallows everything, no FIN, no RST
         raw = email("how do I top up by bank transfer", 9300)
         mail_user.append(raw)  # straight to Dovecot: only a catch-up can find it
-        # The watcher notices within the liveness timeout, reconnects and wakes triage,
-        # whose own (frozen) connection times out after 2 s and is replaced.
-        took = wait_for(filed(mail_user, raw), liveness + 2.0 + 6.0, "catch-up after reconnect")
-        assert took <= liveness + 2.0 + 6.0
+        # The watcher finds the dead link within 3/4 of the liveness timeout, breaks the
+        # triage connection that shared it, reconnects and wakes triage: filed well within
+        # the timeout plus a few seconds for reconnecting on a busy machine.
+        wait_for(filed(mail_user, raw), liveness + 3.0, "catch-up after reconnect")
         assert proxy.connections > before
         log = daemon.log()
         assert '"idle_link_lost"' in log

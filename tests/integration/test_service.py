@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,18 +17,9 @@ import pytest
 import yaml
 
 from tests.dovecot import PASSWORD, free_port
-from tests.mail_fixtures import MailUser, email, mid
+from tests.mail_fixtures import MailUser, email, mid, wait_for
 
 ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD, "CLEANINBOX_TEST_TOKEN": "t0ken"}
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
