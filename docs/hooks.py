@@ -69,6 +69,7 @@ def reference() -> str:
         TrainConfig,
         TrainerConfig,
     )
+    from training.sweep import Range, SweepConfig
 
     daemon = [
         (Settings, ""),
@@ -92,6 +93,8 @@ def reference() -> str:
     out += [table(model, prefix) for model, prefix in daemon]
     out += ["## Training config (`configs/train.yaml`, `CLEANINBOX_TRAIN_*`)", ""]
     out += [table(model, prefix) for model, prefix in training]
+    out += ["## Sweep config (`configs/sweep.yaml`, `CLEANINBOX_SWEEP_*`)", ""]
+    out += [table(SweepConfig, ""), table(Range, "space.<training key>")]
     return "\n".join(out)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from daemon.settings import Account, OAuth2Settings, Settings
 from training.config import RetrainConfig
+from training.sweep import SweepConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,7 +29,7 @@ def test_docs_build_strict_with_a_generated_reference(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     page = (site / "configuration/index.html").read_text()
     text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
-    for model in (Settings, Account, OAuth2Settings, RetrainConfig):
+    for model in (Settings, Account, OAuth2Settings, RetrainConfig, SweepConfig):
         for name, field in model.model_fields.items():
             assert f" {name} " in text, f"{model.__name__}.{name} missing from the reference"
             if field.description:  # the description itself, as rendered

@@ -32,11 +32,13 @@ class Range(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    choices: list[Any] | None = None
+    low: float | None = Field(default=None, description="Lowest value (with high).")
+    high: float | None = Field(default=None, description="Highest value (with low).")
+    log: bool = Field(default=False, description="Sample on a log scale (learning rates).")
+    integer: bool = Field(default=False, description="Sample whole numbers only.")
+    choices: list[Any] | None = Field(
+        default=None, description="Sample one of these values instead of a range."
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> Range:
@@ -60,7 +62,18 @@ class SweepConfig(YamlSettings):
     )
     output: Path = Field(default=Path("runs/sweep"), description="results.csv/.md, best.yaml.")
     trials: int = Field(default=20, ge=1, description="Finished trials wanted in total.")
-    seed: int = 0
+    timeout_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="Start no new trial after this many minutes of this run (the running "
+        "trial finishes); the study resumes from there next time.",
+    )
+    include_base: bool = Field(
+        default=True,
+        description="Make the base config's own values the study's first trial, so the "
+        "results say whether the search beat what you have.",
+    )
+    seed: int = Field(default=0, description="Seed of the TPE sampler.")
     prune_after_epochs: int = Field(
         default=1, ge=0, description="Never prune before this many epochs."
     )
@@ -92,6 +105,30 @@ def _override(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{key}={value:.12f}".rstrip("0")
     return f"{key}={value}"
+
+
+def _inside(r: Range, value: Any) -> bool:
+    if r.choices is not None:
+        return value in r.choices
+    assert r.low is not None
+    assert r.high is not None
+    return isinstance(value, int | float) and r.low <= value <= r.high
+
+
+def _base_values(config: SweepConfig, base: TrainConfig, log: Log) -> dict[str, Any] | None:
+    """The base config's values of the searched keys, or None (logged) when one lies
+    outside the space (Optuna would sample it as a new point anyway)."""
+    dumped = base.model_dump()
+    values: dict[str, Any] = {}
+    for key, r in config.space.items():
+        node: Any = dumped
+        for part in key.split("."):
+            node = node[part]
+        if not _inside(r, node):
+            log(f"base config's {key}={node} lies outside the searched space: not a trial")
+            return None
+        values[key] = node
+    return values
 
 
 def _sample(trial: Any, key: str, r: Range) -> Any:
@@ -156,11 +193,17 @@ def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print
         )
         return float(fitted.best_val_accuracy)
 
+    if config.include_base and not study.trials:
+        values = _base_values(config, base_config, log)
+        if values is not None:
+            study.enqueue_trial(values, user_attrs={"base": True})
+            log(f"sweep {config.study}: trial 0 is the base config")
     finished = sum(1 for t in study.trials if t.state.is_finished())
     remaining = max(0, config.trials - finished)
     log(f"sweep {config.study}: {finished} trial(s) already finished, running {remaining}")
     if remaining:
-        study.optimize(objective, n_trials=remaining)
+        timeout = config.timeout_minutes * 60 if config.timeout_minutes else None
+        study.optimize(objective, n_trials=remaining, timeout=timeout)
     return _write_results(study, config, base_config)
 
 
@@ -176,9 +219,8 @@ def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) ->
             if t.datetime_complete and t.datetime_start
             else None
         )
-        rows.append(
-            [t.number, t.state.name.lower(), t.value, *(t.params.get(k) for k in keys), seconds]
-        )
+        state = t.state.name.lower() + (" (base)" if t.user_attrs.get("base") else "")
+        rows.append([t.number, state, t.value, *(t.params.get(k) for k in keys), seconds])
     with (config.output / "results.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["trial", "state", "val_accuracy", *keys, "seconds"])
@@ -190,6 +232,11 @@ def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) ->
     lines = [
         f"# Sweep {config.study}: best validation accuracy {best.value:.4f} (trial {best.number})",
         "",
+    ]
+    base = [t for t in complete if t.user_attrs.get("base")]
+    if base:
+        lines += [f"Base config (trial {base[0].number}): {base[0].value:.4f}.", ""]
+    lines += [
         "| trial | state | validation accuracy | " + " | ".join(keys) + " |",
         "|---|---|---|" + "---|" * len(keys),
     ]

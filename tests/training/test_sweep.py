@@ -41,11 +41,22 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_two_trial_sweep_writes_results_and_resumes(tmp_path: Path, banking77_dir: Path) -> None:
     first = run(tmp_path)
+    assert "trial 0 is the base config" in first.stderr
     assert "0 trial(s) already finished, running 2" in first.stderr
     output = tmp_path / "runs/sweep-tiny"
     with (output / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["state"] for r in rows] == ["complete", "complete"]
+    assert [r["state"] for r in rows] == ["complete (base)", "complete"]
+    # Trial 0 ran the base config's own values: the table says whether the search beat it.
+    tiny = load_train_config(REPO / "configs/train-tiny.yaml")
+    assert float(rows[0]["train.encoder_lr"]) == tiny.train.encoder_lr
+    assert int(rows[0]["train.epochs"]) == tiny.train.epochs
+    assert float(rows[0]["train.label_smoothing"]) == tiny.train.label_smoothing
+    assert rows[1]["train.encoder_lr"] != rows[0]["train.encoder_lr"]
+    assert (
+        f"Base config (trial 0): {float(rows[0]['val_accuracy']):.4f}"
+        in (output / "results.md").read_text()
+    )
     best_row = max(rows, key=lambda r: float(r["val_accuracy"]))
     best = load_train_config(output / "best.yaml")  # a valid training config
     assert best.train.epochs == int(best_row["train.epochs"])
@@ -88,3 +99,25 @@ def test_a_bad_trial_is_pruned_early(tmp_path: Path, banking77_dir: Path) -> Non
     with (tmp_path / "out/results.csv").open() as f:
         states = [r["state"] for r in csv.DictReader(f)]
     assert states == ["complete", "complete", "pruned"]
+
+
+def test_base_outside_the_space_is_not_a_trial_and_timeout_stops_new_trials(
+    tmp_path: Path, banking77_dir: Path
+) -> None:
+    spec = {
+        "base": str(REPO / "configs/train-tiny.yaml"),  # epochs: 1
+        "study": "bounded",
+        "storage": str(tmp_path / "bounded.db"),
+        "output": str(tmp_path / "out"),
+        "trials": 50,
+        "timeout_minutes": 0.001,  # 60 ms: the first trial runs, no second one starts
+        "space": {"train.epochs": {"choices": [2]}},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    lines: list[str] = []
+    sweep(load_sweep_config(path), data_dir=banking77_dir, log=lines.append)
+    assert "base config's train.epochs=1 lies outside the searched space: not a trial" in lines
+    with (tmp_path / "out/results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["state"], r["train.epochs"]) for r in rows] == [("complete", "2")]
