@@ -237,8 +237,8 @@ def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) ->
     if base:
         lines += [f"Base config (trial {base[0].number}): {base[0].value:.4f}.", ""]
     lines += [
-        "| trial | state | validation accuracy | " + " | ".join(keys) + " |",
-        "|---|---|---|" + "---|" * len(keys),
+        "| trial | state | validation accuracy | " + " | ".join(keys) + " | minutes |",
+        "|---|---|---|" + "---|" * len(keys) + "---|",
     ]
     for row in rows:
         value = f"{row[2]:.4f}" if isinstance(row[2], float) else "-"
@@ -248,7 +248,7 @@ def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) ->
                 "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
                 for v in row[3 : 3 + len(keys)]
             )
-            + " |"
+            + (f" | {row[-1] / 60:.1f} |" if row[-1] is not None else " | - |")
         )
     (config.output / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     tuned = load_train_config(config.base, [_override(k, v) for k, v in best.params.items()])

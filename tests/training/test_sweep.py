@@ -62,7 +62,10 @@ def test_two_trial_sweep_writes_results_and_resumes(tmp_path: Path, banking77_di
     assert best.train.epochs == int(best_row["train.epochs"])
     assert best.train.batch_size == int(best_row["train.batch_size"])
     assert abs(best.train.encoder_lr - float(best_row["train.encoder_lr"])) < 1e-9
-    assert "validation accuracy" in (output / "results.md").read_text()
+    table = [line for line in (output / "results.md").read_text().splitlines() if "|" in line]
+    assert table[0].endswith("| minutes |")
+    for line, row in zip(table[2:], rows, strict=True):  # each trial's cost, in minutes
+        assert line.endswith(f"| {float(row['seconds']) / 60:.1f} |")
     # Stopped and started again with a larger budget: only the missing trial runs.
     second = run(tmp_path, "--set", "trials=3")
     assert "2 trial(s) already finished, running 1" in second.stderr
