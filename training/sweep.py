@@ -182,9 +182,9 @@ def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print
         def report(record: EpochRecord) -> None:
             trial.report(record.val_accuracy, step=record.epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"validation accuracy {record.val_accuracy:.4f} at epoch {record.epoch}"
-                )
+                reason = f"validation accuracy {record.val_accuracy:.4f} at epoch {record.epoch}"
+                log(f"trial {trial.number}: pruned, {reason} with {values}")
+                raise optuna.TrialPruned(reason)
 
         fitted = fit_model(trial_config, data, base, lambda _line: None, report)
         log(

@@ -98,10 +98,15 @@ def test_a_bad_trial_is_pruned_early(tmp_path: Path, banking77_dir: Path) -> Non
     bad = {"train.encoder_lr": 1.0e-9, "train.head_lr": 1.0e-9, "train.epochs": 3}
     for params in (good, good, bad):
         study.enqueue_trial(params)
-    sweep(load_sweep_config(path), data_dir=banking77_dir, log=lambda _: None)
+    lines: list[str] = []
+    sweep(load_sweep_config(path), data_dir=banking77_dir, log=lines.append)
     with (tmp_path / "out/results.csv").open() as f:
         states = [r["state"] for r in csv.DictReader(f)]
     assert states == ["complete", "complete", "pruned"]
+    pruned = [line for line in lines if "pruned" in line]  # said as it happens
+    assert len(pruned) == 1
+    assert pruned[0].startswith("trial 2: pruned, validation accuracy 0.")
+    assert "at epoch" in pruned[0]
 
 
 def test_base_outside_the_space_is_not_a_trial_and_timeout_stops_new_trials(
