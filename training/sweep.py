@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ class Range(BaseModel):
     choices: list[Any] | None = Field(
         default=None, description="Sample one of these values instead of a range."
     )
+
+    def contains(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        assert self.low is not None
+        assert self.high is not None
+        return isinstance(value, int | float) and self.low <= value <= self.high
 
     @model_validator(mode="after")
     def _one_kind(self) -> Range:
@@ -107,27 +115,16 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
-def _inside(r: Range, value: Any) -> bool:
-    if r.choices is not None:
-        return value in r.choices
-    assert r.low is not None
-    assert r.high is not None
-    return isinstance(value, int | float) and r.low <= value <= r.high
-
-
 def _base_values(config: SweepConfig, base: TrainConfig, log: Log) -> dict[str, Any] | None:
     """The base config's values of the searched keys, or None (logged) when one lies
     outside the space (Optuna would sample it as a new point anyway)."""
-    dumped = base.model_dump()
     values: dict[str, Any] = {}
     for key, r in config.space.items():
-        node: Any = dumped
-        for part in key.split("."):
-            node = node[part]
-        if not _inside(r, node):
-            log(f"base config's {key}={node} lies outside the searched space: not a trial")
+        value = reduce(getattr, key.split("."), base)
+        if not r.contains(value):
+            log(f"base config's {key}={value} lies outside the searched space: not a trial")
             return None
-        values[key] = node
+        values[key] = value
     return values
 
 
