@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-export BANKING77_DIR ?= $(abspath ../shared/data/banking77)
+export BANKING77_DIR ?= $(abspath data/banking77)
 
 .PHONY: venv system-deps lint typecheck test demo train train-tiny bench clean
 

@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=Path("models/current"))
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("BANKING77_DIR", "data/raw/banking77"))
+        "--data-dir", type=Path, default=Path(os.environ.get("BANKING77_DIR", "data/banking77"))
     )
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument(

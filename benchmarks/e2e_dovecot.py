@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=Path("models/current"))
     parser.add_argument("--rules", type=Path, default=REPO / "configs/rules.example.yaml")
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("BANKING77_DIR", "data/raw/banking77"))
+        "--data-dir", type=Path, default=Path(os.environ.get("BANKING77_DIR", "data/banking77"))
     )
     parser.add_argument("--batch-size", type=int, default=100, help="account batch_size")
     parser.add_argument("--threads", type=int, default=None)
