@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from daemon.errors import BundleError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions this daemon serves: 1 (intents only), 2 (adds ``out_of_scope``).
+READABLE_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
@@ -36,6 +38,24 @@ class Calibration(BaseModel):
     validation_selective_accuracy: float | None = None
 
 
+class OutOfScope(BaseModel):
+    """How the bundle tells mail that is none of its intents (schema 2).
+
+    The graph's logits have one column more than ``labels``: a "none of these" class
+    trained on out-of-scope messages. After the calibrated softmax over every column, a
+    message whose "none of these" probability reaches ``threshold`` is left alone as out
+    of scope, whatever its best intent's confidence.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["none_of_these"] = "none_of_these"
+    threshold: float = Field(gt=0, le=1)
+    #: what the thresholds were chosen for, and what they gave on the data they were chosen on
+    targets: dict[str, float] = Field(default_factory=dict)
+    chosen_on: dict[str, float] = Field(default_factory=dict)
+
+
 class DatasetInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,7 +69,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    schema_version: Literal[1]
+    schema_version: Literal[1, 2]
     version: str
     created_at: datetime
     code_version: str
@@ -65,9 +85,17 @@ class Manifest(BaseModel):
     metrics: dict[str, Any]
     files: dict[str, str]  # relative path -> sha256, every file of the bundle but the manifest
     parent_version: str | None = None
+    out_of_scope: OutOfScope | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        """Columns of the graph's logits: one per label, plus "none of these" if present."""
+        return len(self.labels) + (1 if self.out_of_scope is not None else 0)
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
+        if self.out_of_scope is not None and self.schema_version < 2:
+            raise ValueError("out_of_scope needs schema_version 2")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         missing = [name for name in REQUIRED_FILES if name not in self.files]
@@ -121,10 +149,11 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     if not isinstance(raw, dict):
         raise BundleError(f"model bundle {bundle_dir}: {MANIFEST_NAME} is not a JSON object")
     found = raw.get("schema_version")
-    if found != SCHEMA_VERSION:
+    if found not in READABLE_SCHEMAS:
+        readable = " and ".join(str(v) for v in READABLE_SCHEMAS)
         raise BundleError(
             f"model bundle {bundle_dir}: {MANIFEST_NAME} has schema_version {found!r}, "
-            f"this CleanInbox reads {SCHEMA_VERSION}"
+            f"this CleanInbox reads {readable}"
         )
     try:
         return Manifest.model_validate(raw)

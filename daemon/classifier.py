@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,23 +22,44 @@ from daemon.errors import BundleError, ModelError
 
 FloatArray = npt.NDArray[np.float32]
 
+#: Why the model left a message alone: its best intent is not confident enough, or the
+#: bundle's out-of-scope detector says the message is none of its intents.
+AbstainReason = Literal["low_confidence", "out_of_scope"]
+ABSTAIN_REASONS: tuple[AbstainReason, ...] = ("low_confidence", "out_of_scope")
+
 
 @dataclass(frozen=True)
 class Prediction:
-    """One text's classification, as printed by ``cleaninbox classify`` and the HTTP API."""
+    """One text's classification, as printed by ``cleaninbox classify`` and the HTTP API.
+
+    ``confidence`` is the calibrated probability of ``intent``; ``out_of_scope`` the
+    probability of "none of these" (None for bundles without an out-of-scope class).
+    """
 
     intent: str
     confidence: float
     abstain: bool
     top_k: list[tuple[str, float]] = field(default_factory=list)
+    abstain_reason: AbstainReason | None = None
+    out_of_scope: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "intent": self.intent,
             "confidence": round(self.confidence, 6),
             "abstain": self.abstain,
+            "abstain_reason": self.abstain_reason,
             "top_k": [[name, round(p, 6)] for name, p in self.top_k],
         }
+        if self.out_of_scope is not None:
+            out["out_of_scope"] = round(self.out_of_scope, 6)
+        return out
+
+    def describe_abstention(self) -> str:
+        """One line for logs and ``history``: why the message was left alone."""
+        if self.abstain_reason == "out_of_scope":
+            return f"out of scope (none-of-these {self.out_of_scope or 0.0:.2f})"
+        return f"low confidence ({self.intent} {self.confidence:.2f})"
 
 
 def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
@@ -65,6 +86,7 @@ class Classifier:
         batch_size: int = 32,
         top_k: int = 5,
         abstain_threshold: float | None = None,
+        out_of_scope_threshold: float | None = None,
         verify: bool = True,
         spin_wait: bool = False,
     ) -> None:
@@ -79,6 +101,13 @@ class Classifier:
             if abstain_threshold is None
             else abstain_threshold
         )
+        oos = self.manifest.out_of_scope
+        self.out_of_scope_threshold: float | None = (
+            None
+            if oos is None
+            else (oos.threshold if out_of_scope_threshold is None else out_of_scope_threshold)
+        )
+        self.num_outputs = self.manifest.num_outputs
         try:
             self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / TOKENIZER_NAME))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
@@ -141,21 +170,22 @@ class Classifier:
         except Exception as exc:
             raise ModelError(f"model {self.version} failed at inference: {exc}") from exc
         logits = np.asarray(result[0], dtype=np.float32)
-        if logits.shape != (len(ids), len(self.labels)):
+        if logits.shape != (len(ids), self.num_outputs):
             raise ModelError(
                 f"model {self.version} returned logits of shape {logits.shape}, "
-                f"expected ({len(ids)}, {len(self.labels)})"
+                f"expected ({len(ids)}, {self.num_outputs})"
             )
         return logits
 
     def logits(self, texts: Sequence[str]) -> FloatArray:
-        """Raw (uncalibrated) logits, shape ``[len(texts), num_labels]``, in input order."""
+        """Raw (uncalibrated) logits, shape ``[len(texts), num_outputs]``, in input order
+        (the last column is "none of these" when the bundle has an out-of-scope class)."""
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+            return np.zeros((0, self.num_outputs), dtype=np.float32)
         started = time.perf_counter()
         ids = self.encode(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        out = np.zeros((len(ids), self.num_outputs), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             out[chunk] = self._run([ids[i] for i in chunk])
@@ -167,15 +197,27 @@ class Classifier:
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         probs = self.probabilities(texts)
-        return [self._prediction(row) for row in probs]
+        return [self.decide(row) for row in probs]
 
-    def _prediction(self, row: FloatArray) -> Prediction:
-        top = np.argsort(-row)[: self.top_k]
+    def decide(self, row: FloatArray) -> Prediction:
+        """The served decision for one row of calibrated probabilities (every output)."""
+        intents = row[: len(self.labels)]
+        top = np.argsort(-intents)[: self.top_k]
         best = int(top[0])
-        confidence = float(row[best])
+        confidence = float(intents[best])
+        oos: float | None = None
+        reason: AbstainReason | None = None
+        if self.out_of_scope_threshold is not None:
+            oos = float(row[len(self.labels)])
+            if oos >= self.out_of_scope_threshold:
+                reason = "out_of_scope"
+        if reason is None and confidence < self.threshold:
+            reason = "low_confidence"
         return Prediction(
             intent=self.labels[best],
             confidence=confidence,
-            abstain=confidence < self.threshold,
-            top_k=[(self.labels[int(i)], float(row[int(i)])) for i in top],
+            abstain=reason is not None,
+            top_k=[(self.labels[int(i)], float(intents[int(i)])) for i in top],
+            abstain_reason=reason,
+            out_of_scope=oos,
         )

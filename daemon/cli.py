@@ -53,7 +53,7 @@ def _banking77_dir(data_dir: Path | None) -> Path:
     """``--data-dir``, else ``BANKING77_DIR``, else the project default."""
     import os
 
-    return data_dir or Path(os.environ.get("BANKING77_DIR") or "data/raw/banking77")
+    return data_dir or Path(os.environ.get("BANKING77_DIR") or "data/banking77")
 
 
 def _echo_err(line: str) -> None:
@@ -261,7 +261,7 @@ def train(
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="banking77 CSV directory (default: $BANKING77_DIR or data/raw/banking77).",
+    help="banking77 CSV directory (default: $BANKING77_DIR or data/banking77).",
 )
 @click.option(
     "--report",
@@ -271,13 +271,29 @@ def train(
     help="Also write figures and per-class scores here.",
 )
 @click.option("--no-emails", is_flag=True, help="Skip the test-queries-as-emails evaluation.")
+@click.option(
+    "--robustness-dir",
+    type=click.Path(path_type=Path),
+    default=Path("data/robustness"),
+    show_default=True,
+    help="The robustness sets (other people's words, out of scope); scored beside banking77.",
+)
+@click.option("--no-robustness", is_flag=True, help="Score banking77 only.")
 def evaluate(
-    model_dir: Path, data_dir: Path | None, report_dir: Path | None, no_emails: bool
+    model_dir: Path,
+    data_dir: Path | None,
+    report_dir: Path | None,
+    no_emails: bool,
+    robustness_dir: Path,
+    no_robustness: bool,
 ) -> None:
-    """Score a bundle on the banking77 test set (plain queries and rendered as emails)."""
+    """Score a bundle's served decision on banking77 test (plain and as emails) and on the
+    robustness sets: other people's words, long emails, perturbations, out of scope."""
     from training.config import DataConfig
 
-    data = DataConfig(dir=_banking77_dir(data_dir))
+    data = DataConfig(
+        dir=_banking77_dir(data_dir), robustness_dir=None if no_robustness else robustness_dir
+    )
     from daemon.bundle import read_manifest
 
     read_manifest(model_dir)  # a bad bundle is reported before the heavy imports
@@ -333,7 +349,7 @@ def classify(texts: tuple[str, ...], model_dir: Path, input_file: Path | None, t
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="banking77 CSV directory (default: $BANKING77_DIR or data/raw/banking77).",
+    help="banking77 CSV directory (default: $BANKING77_DIR or data/banking77).",
 )
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(workdir: Path, models_dir: Path, emails: int, data_dir: Path | None, seed: int) -> None:

@@ -26,8 +26,9 @@ class Metrics:
         )
         self.abstentions = Counter(
             "cleaninbox_abstentions_total",
-            "Messages on which the model abstained (confidence below threshold).",
-            ["account"],
+            "Messages on which the model abstained, by reason: low_confidence (best intent "
+            "below the confidence threshold) or out_of_scope (none of the intents).",
+            ["account", "reason"],
             registry=r,
         )
         self.skipped = Counter(

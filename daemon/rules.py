@@ -214,6 +214,11 @@ class RulesFile(_Strict):
     groups: dict[str, list[str]] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
     abstain: Abstain = Abstain()
+    out_of_scope: Abstain | None = Field(
+        default=None,
+        description="Actions for mail the model finds out of scope (none of its intents; "
+        "bundles with a none-of-these output). Unset: the abstain actions.",
+    )
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,10 @@ class Rules:
             )
 
         self._check_keywords("abstain", list(self.spec.abstain.actions), "abstain")
+        if self.spec.out_of_scope is not None:
+            self._check_keywords(
+                "out_of_scope", list(self.spec.out_of_scope.actions), "out-of-scope"
+            )
 
     def _keyword(self, template: str, context: dict[str, str]) -> str:
         return shorten_keyword(template.format(**context), self.spec.keyword_max_length)
@@ -380,7 +389,10 @@ class Rules:
     def folders(self) -> set[str]:
         """Every folder a rule may move or copy to (created on demand)."""
         out: set[str] = set()
-        for actions in [r.actions for r in self._rules] + [self.spec.abstain.actions]:
+        left_alone = [self.spec.abstain.actions]
+        if self.spec.out_of_scope is not None:
+            left_alone.append(self.spec.out_of_scope.actions)
+        for actions in [r.actions for r in self._rules] + left_alone:
             for action in actions:
                 if isinstance(action, MoveAction):
                     out.add(action.move)
@@ -417,10 +429,23 @@ class Rules:
         )
         return replace(plan, move=None, copies=())
 
-    def decide(self, intent: str, confidence: float, abstain: bool, headers: Headers) -> Plan:
-        """The plan for one classified message."""
+    def decide(
+        self,
+        intent: str,
+        confidence: float,
+        abstain: bool,
+        headers: Headers,
+        abstain_reason: str | None = None,
+    ) -> Plan:
+        """The plan for one classified message (``abstain_reason`` ``out_of_scope`` takes
+        the rules file's ``out_of_scope`` actions when it has them)."""
         context = {"intent": intent, "group": self.group_of.get(intent, "other")}
         if abstain:
+            if abstain_reason == "out_of_scope" and self.spec.out_of_scope is not None:
+                context["rule"] = "out-of-scope"
+                return self._plan(
+                    "out-of-scope", self.spec.out_of_scope.actions, context, abstained=True
+                )
             context["rule"] = "abstain"
             return self._plan("abstain", self.spec.abstain.actions, context, abstained=True)
         collected: list[Any] = []

@@ -36,6 +36,7 @@ def load(settings: Settings) -> Loaded:
         threads=settings.classifier.threads,
         batch_size=settings.classifier.batch_size,
         abstain_threshold=settings.classifier.abstain_threshold,
+        out_of_scope_threshold=settings.classifier.out_of_scope_threshold,
         spin_wait=settings.classifier.spin_wait,
     )
     rules = load_rules(settings.rules, classifier.labels)

@@ -320,6 +320,13 @@ class ClassifierSettings(_Strict):
     abstain_threshold: float | None = Field(
         default=None, ge=0, le=1, description="Override the bundle's recommended threshold."
     )
+    out_of_scope_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Override the bundle's out-of-scope threshold (bundles with a "
+        "none-of-these output): mail at or above it is left alone as out of scope.",
+    )
     timeout_seconds: float = Field(
         default=60.0,
         gt=0,

@@ -471,7 +471,11 @@ class Triage:
                 item.prediction = prediction
                 headers = Headers(item.text.sender, item.text.recipients, item.text.subject)
                 item.plan = rules.decide(
-                    prediction.intent, prediction.confidence, prediction.abstain, headers
+                    prediction.intent,
+                    prediction.confidence,
+                    prediction.abstain,
+                    headers,
+                    prediction.abstain_reason,
                 )
                 if item.plan.move and not can_move:
                     item.plan = replace(item.plan, move=None)
@@ -479,10 +483,12 @@ class Triage:
                 if item.plan.is_noop:
                     item.status = "done"
                     item.reason = item.reason or (
-                        "abstained; left alone"
+                        f"abstained, {prediction.describe_abstention()}; left alone"
                         if prediction.abstain
                         else f"rule {item.plan.rule}: nothing to do"
                     )
+                elif prediction.abstain and item.reason is None:
+                    item.reason = f"abstained, {prediction.describe_abstention()}"
 
         if mode.dry_run:
             for item in items:
@@ -718,7 +724,9 @@ class Triage:
                 self.metrics.messages.labels(account.name, p.intent, action).inc()
                 self.metrics.confidence.observe(p.confidence)
                 if p.abstain:
-                    self.metrics.abstentions.labels(account.name).inc()
+                    self.metrics.abstentions.labels(
+                        account.name, p.abstain_reason or "low_confidence"
+                    ).inc()
         log.info(
             "decision",
             account=account.name,
@@ -728,6 +736,8 @@ class Triage:
             intent=p.intent if p else None,
             confidence=round(p.confidence, 4) if p else None,
             abstain=p.abstain if p else None,
+            abstain_reason=p.abstain_reason if p else None,
+            out_of_scope=round(p.out_of_scope, 4) if p and p.out_of_scope is not None else None,
             rule=plan.rule if plan else None,
             action=plan.describe() if plan else "leave alone",
             status="dry-run" if dry_run else item.status,

@@ -16,7 +16,7 @@ pytest_plugins = ["tests.mail_fixtures"]
 
 def banking77_path() -> Path:
     env = os.environ.get("BANKING77_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "banking77"
+    return Path(env) if env else REPO / "data" / "banking77"
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,12 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, banking77_dir: Path) -
 
     out = tmp_path_factory.mktemp("models")
     config = load_train_config(
-        REPO / "configs" / "train-tiny.yaml", [f"data.dir={banking77_dir}", f"output_dir={out}"]
+        REPO / "configs" / "train-tiny.yaml",
+        [
+            f"data.dir={banking77_dir}",
+            f"data.robustness_dir={REPO / 'data' / 'robustness'}",
+            f"output_dir={out}",
+        ],
     )
     return train(config, log=lambda _line: None)
 

@@ -58,7 +58,7 @@ def test_unknown_schema_version_is_refused(bundle_copy: Path) -> None:
     data = json.loads(path.read_text())
     data["schema_version"] = 99
     path.write_text(json.dumps(data))
-    with pytest.raises(BundleError, match="schema_version 99, this CleanInbox reads 1"):
+    with pytest.raises(BundleError, match="schema_version 99, this CleanInbox reads 1 and 2"):
         read_manifest(bundle_copy)
 
 

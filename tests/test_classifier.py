@@ -33,7 +33,9 @@ def test_predictions_follow_the_manifest(classifier: Classifier) -> None:
         assert p.intent in classifier.labels
         assert p.intent == p.top_k[0][0]
         assert abs(p.confidence - p.top_k[0][1]) < 1e-6
-        assert p.abstain == (p.confidence < classifier.threshold)
+        assert p.abstain == (
+            p.confidence < classifier.threshold or p.abstain_reason == "out_of_scope"
+        )
         probs = [q for _, q in p.top_k]
         assert probs == sorted(probs, reverse=True)
         assert len(p.top_k) == 5
@@ -41,7 +43,9 @@ def test_predictions_follow_the_manifest(classifier: Classifier) -> None:
 
 def test_confidence_is_temperature_scaled(classifier: Classifier) -> None:
     logits = classifier.logits(TEXTS)
-    expected = softmax(logits, classifier.manifest.calibration.temperature).max(axis=1)
+    probs = softmax(logits, classifier.manifest.calibration.temperature)
+    # the confidence of the best intent, out of the softmax over every output
+    expected = probs[:, : len(classifier.labels)].max(axis=1)
     got = [p.confidence for p in classifier.predict(TEXTS)]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     np.testing.assert_allclose(classifier.probabilities(TEXTS).sum(axis=1), 1.0, rtol=1e-5)
@@ -59,7 +63,7 @@ def test_a_result_does_not_depend_on_its_batch(tiny_bundle: Path) -> None:
 
 
 def test_threshold_override_and_empty_input(tiny_bundle: Path) -> None:
-    never = Classifier(tiny_bundle, abstain_threshold=0.0)
+    never = Classifier(tiny_bundle, abstain_threshold=0.0, out_of_scope_threshold=1.0)
     always = Classifier(tiny_bundle, abstain_threshold=1.01)
     assert not any(p.abstain for p in never.predict(TEXTS))
     assert all(p.abstain for p in always.predict(TEXTS))

@@ -34,7 +34,15 @@ def test_classify_texts_prints_one_json_object_a_line(tiny_bundle: Path) -> None
     assert len(lines) == 2
     for line in lines:
         obj = json.loads(line)
-        assert set(obj) == {"intent", "confidence", "abstain", "top_k"}
+        assert set(obj) == {
+            "intent",
+            "confidence",
+            "abstain",
+            "abstain_reason",
+            "top_k",
+            "out_of_scope",
+        }
+        assert obj["abstain_reason"] in (None, "low_confidence", "out_of_scope")
         assert isinstance(obj["abstain"], bool)
         assert len(obj["top_k"]) == 5
         assert obj["top_k"][0][0] == obj["intent"]

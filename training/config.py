@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     dir: Path = Field(
-        default=Path("data/raw/banking77"),
+        default=Path("data/banking77"),
         description="Directory with train.csv, test.csv, categories.json (env BANKING77_DIR).",
     )
     source: Literal["auto", "csv", "hub"] = Field(
@@ -38,6 +38,12 @@ class DataConfig(_Section):
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     train_subset: int | None = Field(default=None, ge=77, description="Use N training rows.")
     test_subset: int | None = Field(default=None, ge=1, description="Evaluate on N test rows.")
+    robustness_dir: Path | None = Field(
+        default=Path("data/robustness"),
+        description="The project's robustness sets (other people's words, out of scope, "
+        "training paraphrases; see its DATASHEET.md). None: banking77 only, no out-of-scope "
+        "class, no robustness report.",
+    )
 
 
 class ModelConfig(_Section):
@@ -54,6 +60,11 @@ class ModelConfig(_Section):
     random_heads: int = 2
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = Field(default=64, ge=8, le=512)
+    out_of_scope_class: bool = Field(
+        default=False,
+        description='A "none of these" output trained on the out-of-scope training part; '
+        "the daemon leaves mail it picks as out of scope.",
+    )
 
 
 class TrainerConfig(_Section):
@@ -70,6 +81,32 @@ class TrainerConfig(_Section):
     early_stopping_patience: int = Field(default=2, ge=1)
     email_augment_fraction: float = Field(
         default=0.0, ge=0, le=1, description="Share of training texts rendered as emails."
+    )
+    noise_augment_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of training texts perturbed each epoch (typos, contractions, "
+        "filler words, lower case without punctuation).",
+    )
+    paraphrases: bool = Field(
+        default=False,
+        description="Add the training paraphrases of data.robustness_dir (other styles).",
+    )
+    oos_weight: int = Field(
+        default=2, ge=1, le=20, description="Each out-of-scope training message counts this often."
+    )
+    oos_calibration_fraction: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Share of the out-of-scope training part kept out of training to choose "
+        "thresholds on.",
+    )
+    wise_alpha: float | Literal["auto"] | None = Field(
+        default=None,
+        description="Weight-space ensembling (WiSE-FT): alpha * fine-tuned + (1 - alpha) * "
+        "probe-initialised weights; auto picks alpha on validation + development accuracy.",
     )
     qat_epochs: int = Field(
         default=0, ge=0, description="Extra epochs fine-tuned under simulated int8 (qat.py)."
@@ -89,6 +126,19 @@ class CalibrationConfig(_Section):
         default=0.97, gt=0, le=1, description="Abstain threshold: lowest reaching this accuracy."
     )
     min_coverage: float = Field(default=0.5, ge=0, le=1)
+    max_acted_wrong: float = Field(
+        default=0.03,
+        gt=0,
+        le=1,
+        description="Development set (other people's words): at most this share acted on "
+        "with a wrong intent.",
+    )
+    max_oos_acted: float = Field(
+        default=0.04,
+        gt=0,
+        le=1,
+        description="Out-of-scope calibration messages: at most this share acted on.",
+    )
 
 
 class ExportConfig(_Section):

@@ -12,6 +12,7 @@ from daemon.text import email_to_text
 from training import report
 from training.config import DataConfig
 from training.data import load_banking77
+from training.robustness import evaluate_sets, load_robustness
 
 
 def evaluate_bundle(
@@ -36,7 +37,12 @@ def evaluate_bundle(
     temperature = classifier.temperature
     threshold = classifier.threshold
     metrics = report.classification_metrics(
-        logits, test.labels, dataset.label_names, temperature, threshold
+        logits,
+        test.labels,
+        dataset.label_names,
+        temperature,
+        threshold,
+        classifier.out_of_scope_threshold,
     )
     out: dict[str, Any] = {
         "bundle": classifier.version,
@@ -51,17 +57,38 @@ def evaluate_bundle(
         rng = random.Random(seed + 1)
         texts = [email_to_text(render_email(q, rng)).text for q in test.texts]
         email_metrics = report.classification_metrics(
-            classifier.logits(texts), test.labels, dataset.label_names, temperature, threshold
+            classifier.logits(texts),
+            test.labels,
+            dataset.label_names,
+            temperature,
+            threshold,
+            classifier.out_of_scope_threshold,
         )
         out["email_accuracy"] = email_metrics["accuracy"]
         out["email_macro_f1"] = email_metrics["macro_f1"]
+    scores = None
+    if data.robustness_dir is not None:
+        robust = load_robustness(data.robustness_dir, dataset.label_names)
+        scores = evaluate_sets(classifier, test, dataset.label_names, robust)
+        out["robustness"] = {name: s.to_json() for name, s in scores.items()}
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
+        if scores is not None:
+            report.plot_risk_coverage(
+                {k: v.curve for k, v in scores.items()}, report_dir / "risk_coverage.png"
+            )
         names = dataset.label_names
         report.plot_confusion(logits, test.labels, names, report_dir / "confusion_matrix.png")
-        report.plot_reliability(logits, test.labels, temperature, report_dir / "reliability.png")
+        report.plot_reliability(
+            logits, test.labels, temperature, report_dir / "reliability.png", len(names)
+        )
         report.plot_coverage(
-            logits, test.labels, temperature, threshold, report_dir / "coverage_accuracy.png"
+            logits,
+            test.labels,
+            temperature,
+            threshold,
+            report_dir / "coverage_accuracy.png",
+            len(names),
         )
         samples = sorted(random.Random(seed).sample(range(len(test)), min(6, len(test))))
         report.plot_top5(

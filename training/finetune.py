@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
 
+from training.augment import Augmenter
 from training.config import TrainerConfig
 from training.model import IntentClassifier
 
@@ -44,6 +45,8 @@ class FitResult:
     best_val_accuracy: float
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
+    #: the probe-initialised weights fine-tuning started from (for WiSE-FT)
+    initial_state: dict[str, torch.Tensor] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -134,10 +137,49 @@ def init_head_from_probe(
         model.head.bias.copy_(torch.from_numpy(bias))
 
 
-def accuracy(logits: FloatArray, labels: Sequence[int]) -> float:
+def accuracy(logits: FloatArray, labels: Sequence[int], num_labels: int | None = None) -> float:
+    """Top-1 accuracy; with ``num_labels``, the best of the first ``num_labels`` columns
+    (the intents, as the daemon serves them, without "none of these")."""
     if len(labels) == 0:
         return 0.0
-    return float((logits.argmax(axis=1) == np.asarray(labels)).mean())
+    scores = logits if num_labels is None else logits[:, :num_labels]
+    return float((scores.argmax(axis=1) == np.asarray(labels)).mean())
+
+
+def interpolate(
+    model: IntentClassifier,
+    start: dict[str, torch.Tensor],
+    end: dict[str, torch.Tensor],
+    alpha: float,
+) -> None:
+    """WiSE-FT (Wortsman et al. 2022): ``alpha * end + (1 - alpha) * start``, weight by weight."""
+    mixed = {
+        name: (1 - alpha) * start[name] + alpha * value if value.is_floating_point() else value
+        for name, value in end.items()
+    }
+    model.load_state_dict(mixed)
+
+
+def choose_wise_alpha(
+    model: IntentClassifier,
+    start: dict[str, torch.Tensor],
+    sets: Sequence[tuple[Sequence[Sequence[int]], Sequence[int]]],
+    pad_id: int,
+    num_labels: int,
+    alphas: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5),
+) -> tuple[float, dict[float, list[float]]]:
+    """The alpha whose mean accuracy over ``sets`` (token ids, labels) is highest (ties:
+    the larger alpha); leaves the model at that alpha. Returns it and every alpha's scores."""
+    end = copy.deepcopy(model.state_dict())
+    scores: dict[float, list[float]] = {}
+    for alpha in alphas:
+        interpolate(model, start, end, alpha)
+        scores[alpha] = [
+            accuracy(predict_logits(model, ids, pad_id), labels, num_labels) for ids, labels in sets
+        ]
+    best = max(alphas, key=lambda a: (round(float(np.mean(scores[a])), 6), a))
+    interpolate(model, start, end, best)
+    return best, scores
 
 
 @dataclass
@@ -151,7 +193,7 @@ class _Loop:
     train_ids: list[list[int]]
     labels: torch.Tensor
     config: TrainerConfig
-    augment: Callable[[str, random.Random], str] | None
+    augment: Augmenter | None
     rng: random.Random
 
     def optimiser(
@@ -186,10 +228,10 @@ class _Loop:
     ) -> float:
         """One pass over the training data; returns the mean loss."""
         ids = self.train_ids
-        fraction = self.config.email_augment_fraction
-        if self.augment is not None and fraction > 0:
+        if self.augment is not None and self.augment.fraction > 0:
+            fraction = self.augment.fraction
             texts = [
-                self.augment(t, self.rng) if self.rng.random() < fraction else t
+                self.augment.forced(t, self.rng) if self.rng.random() < fraction else t
                 for t in self.train_texts
             ]
             ids = encode(self.tokenizer, texts, self.max_length)
@@ -222,7 +264,7 @@ def fit(
     val_texts: Sequence[str],
     val_labels: Sequence[int],
     config: TrainerConfig,
-    augment: Callable[[str, random.Random], str] | None = None,
+    augment: Augmenter | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> FitResult:
@@ -235,20 +277,21 @@ def fit(
     train_ids = encode(tokenizer, train_texts, max_length)
     val_ids = encode(tokenizer, val_texts, max_length)
     probe_ids, probe_labels = train_ids, list(train_labels)
-    if augment is not None and config.email_augment_fraction > 0:
+    if augment is not None and augment.fraction > 0:
         # The probe also sees a share of the texts as the daemon will: rendered as emails.
         rng = random.Random(config.seed + 1)
-        extra = [i for i in range(len(train_texts)) if rng.random() < config.email_augment_fraction]
+        extra = [i for i in range(len(train_texts)) if rng.random() < augment.fraction]
         probe_ids = train_ids + encode(
-            tokenizer, [augment(train_texts[i], rng) for i in extra], max_length
+            tokenizer, [augment.forced(train_texts[i], rng) for i in extra], max_length
         )
         probe_labels = probe_labels + [train_labels[i] for i in extra]
     init_head_from_probe(model, probe_ids, probe_labels, pad_id, config.probe_c, config.seed)
+    initial_state = copy.deepcopy(model.state_dict()) if config.wise_alpha is not None else None
     probe_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
     log(f"linear probe: validation accuracy {probe_acc:.4f}")
     if on_epoch is not None:  # step 0: the probe-initialised head, before fine-tuning
         on_epoch(EpochRecord(0, float("nan"), probe_acc, time.perf_counter() - started))
-    result = FitResult(model, probe_acc, 0, probe_acc)
+    result = FitResult(model, probe_acc, 0, probe_acc, initial_state=initial_state)
     loop = _Loop(
         tokenizer,
         pad_id,

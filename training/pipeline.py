@@ -29,6 +29,7 @@ from daemon.bundle import (
     Calibration,
     DatasetInfo,
     Manifest,
+    OutOfScope,
     hash_bundle_files,
     sha256_file,
     write_manifest,
@@ -38,20 +39,26 @@ from daemon.errors import ConfigError
 from daemon.samples import render_email
 from daemon.text import TEXT_RECIPE, email_to_text
 from training import report, tracking
+from training.augment import Augmenter
 from training.baseline import run_baseline
-from training.calibration import choose_threshold, fit_temperature
+from training.calibration import Threshold, choose_threshold, fit_temperature
 from training.config import TrainConfig
 from training.data import Banking77, Split, load_banking77, same_text_key
 from training.export import build_onnx, check_parity, parity
 from training.finetune import (
     EpochRecord,
     FitResult,
+    choose_wise_alpha,
     encode,
     fit,
+    interpolate,
     predict_logits,
     seed_everything,
 )
 from training.model import IntentClassifier, LoadedBase, load_base_model, resolve_base_model
+from training.out_of_scope import TrainingSets, calibrate, training_sets
+from training.robustness import evaluate_sets, load_robustness
+from training.robustness import table as robustness_table
 
 Log = Callable[[str], None]
 
@@ -79,12 +86,6 @@ def code_version() -> str:
     return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
 
 
-def email_augment(text: str, rng: random.Random) -> str:
-    """A training text as the daemon would see it after rendering it as an email."""
-    extracted = email_to_text(render_email(text, rng))
-    return extracted.text or text
-
-
 def _hardware() -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} threads"
 
@@ -106,10 +107,8 @@ def _email_texts(queries: Sequence[str], seed: int) -> list[str]:
     return [email_to_text(render_email(q, rng)).text for q in queries]
 
 
-def _summary_metrics(
-    logits: Any, labels: Sequence[int], names: Sequence[str], temperature: float, threshold: float
-) -> dict[str, Any]:
-    full = report.classification_metrics(logits, labels, names, temperature, threshold)
+def _summary_metrics(logits: Any, labels: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+    full = report.classification_metrics(logits, labels, names, 1.0, 0.0)
     return {"accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
 
 
@@ -160,9 +159,22 @@ def train(
             ),
         )
         log(f"data: {len(extra_train)} extra training examples (corrections)")
+    robust = (
+        load_robustness(config.data.robustness_dir, data.label_names)
+        if config.data.robustness_dir is not None
+        else None
+    )
+    sets = training_sets(config, data, robust)
     log(
-        f"data: {len(data.train)} train, {len(data.val)} validation, {len(data.test)} test "
+        f"data: {len(sets.data.train)} train, {len(data.val)} validation, {len(data.test)} test "
         f"({data.source}, {config.data.dir})"
+        + (
+            f"; robustness sets from {config.data.robustness_dir}: "
+            f"{len(robust.other_words)} development, {len(robust.oos_eval)} out-of-scope "
+            f"evaluation, {len(sets.oos_calibration)} out-of-scope calibration"
+            if robust is not None
+            else ""
+        )
     )
     base = load_base_model(config.model)
     log(f"base model: {base.name}")
@@ -181,11 +193,12 @@ def train(
         tracker.epoch(record.epoch, metrics)
 
     if config.train.resume_from is not None:
-        model = IntentClassifier(base.encoder, len(data.label_names), config.model.pooling)
+        model = IntentClassifier(base.encoder, sets.num_outputs, config.model.pooling)
         fitted = _resume(model, config.train.resume_from, log)
     else:
-        fitted = fit_model(config, data, base, log, on_epoch)
+        fitted = fit_model(config, sets.data, base, log, on_epoch, num_outputs=sets.num_outputs)
     model = fitted.model
+    wise = _wise_ft(config, fitted, base, data, sets, log)
     checkpoint: Path | None = None
     if config.train.save_checkpoint:
         checkpoints = out_root / ".checkpoints"
@@ -197,6 +210,7 @@ def train(
             "best_val_accuracy": fitted.best_val_accuracy,
             "history": [vars(r) for r in fitted.history],
             "seconds": fitted.seconds,
+            "wise_alpha": wise.get("alpha"),
         }
         torch.save({"state_dict": model.state_dict(), "fit": fit_info}, checkpoint)
         log(f"checkpoint saved: {checkpoint}")
@@ -217,6 +231,9 @@ def train(
     tokenizer_json = base.tokenizer.to_str()
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
+        out_of_scope=OutOfScope(threshold=1.0)
+        if sets.num_outputs > len(data.label_names)
+        else None,
         version="staging",
         created_at=created,
         code_version=code_version(),
@@ -270,23 +287,65 @@ def train(
                 "served ONNX vs PyTorch (validation)",
             )
 
-            temperature = fit_temperature(served_val, data.val.labels)
-            val_probs_conf = _confidence(served_val, temperature)
-            correct_val = served_val.argmax(axis=1) == np.asarray(data.val.labels)
-            threshold = choose_threshold(
-                val_probs_conf,
-                correct_val,
-                config.calibration.target_accuracy,
-                config.calibration.min_coverage,
-            )
-            log(
-                f"calibration: temperature {temperature:.3f}, abstain below "
-                f"{threshold.value:.3f} (validation coverage {threshold.coverage:.3f}, "
-                f"accuracy on covered {threshold.selective_accuracy:.4f})"
-            )
             names = data.label_names
+            if sets.other_words is not None:
+                calibrated = calibrate(
+                    config,
+                    len(names),
+                    (served_val, data.val.labels),
+                    (served.logits(sets.other_words.texts), sets.other_words.labels),
+                    served.logits(sets.oos_calibration),
+                )
+                temperature = calibrated.temperature
+                point = calibrated.point
+                out_of_scope = calibrated.out_of_scope
+                threshold = Threshold(
+                    point.confidence,
+                    point.chosen_on["val_coverage"],
+                    point.chosen_on["val_selective_accuracy"],
+                )
+                log(
+                    f"calibration: temperature {temperature:.3f}, abstain below confidence "
+                    f"{point.confidence:.3f}"
+                    + (
+                        f" or at none-of-these {out_of_scope.threshold:.3f}"
+                        if out_of_scope is not None
+                        else ""
+                    )
+                    + ("" if point.feasible else " (NOT every target met)")
+                    + ": "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in point.chosen_on.items())
+                )
+            else:
+                out_of_scope = None
+                temperature = fit_temperature(served_val, data.val.labels)
+                threshold = choose_threshold(
+                    _confidence(served_val, temperature),
+                    served_val.argmax(axis=1) == np.asarray(data.val.labels),
+                    config.calibration.target_accuracy,
+                    config.calibration.min_coverage,
+                )
+                log(
+                    f"calibration: temperature {temperature:.3f}, abstain below "
+                    f"{threshold.value:.3f} (validation coverage {threshold.coverage:.3f}, "
+                    f"accuracy on covered {threshold.selective_accuracy:.4f})"
+                )
+            calibration = Calibration(
+                temperature=temperature,
+                abstain_threshold=threshold.value,
+                target_accuracy=config.calibration.target_accuracy,
+                validation_coverage=threshold.coverage,
+                validation_selective_accuracy=threshold.selective_accuracy,
+            )
+            # From here on the staging bundle serves the chosen thresholds.
+            manifest = manifest.model_copy(
+                update={"calibration": calibration, "out_of_scope": out_of_scope}
+            )
+            write_manifest(staging, manifest)
+            served = Classifier(staging, batch_size=32, verify=False)
+            oos_t = out_of_scope.threshold if out_of_scope is not None else None
             test_metrics = report.classification_metrics(
-                served_test, data.test.labels, names, temperature, threshold.value
+                served_test, data.test.labels, names, temperature, threshold.value, oos_t
             )
             metrics: dict[str, Any] = {
                 "examples": {
@@ -300,8 +359,8 @@ def train(
                     (served_val.argmax(axis=1) == np.asarray(data.val.labels)).mean()
                 ),
                 "test": test_metrics,
-                "torch_fp32": _summary_metrics(torch_test, data.test.labels, names, 1.0, 0.0),
-                "onnx_fp32": _summary_metrics(fp32_test, data.test.labels, names, 1.0, 0.0),
+                "torch_fp32": _summary_metrics(torch_test, data.test.labels, names),
+                "onnx_fp32": _summary_metrics(fp32_test, data.test.labels, names),
                 "parity_val": parity_val.to_json(),
                 "parity_test": parity_test.to_json(),
                 "int8_vs_fp32_test": quant_test.to_json(),
@@ -313,6 +372,7 @@ def train(
                     "sensitivity_kl": selection.sensitivity if selection else {},
                 },
                 "fit_seconds": fitted.seconds,
+                "wise_ft": wise,
             }
             if config.report.baseline:
                 log("baseline: TF-IDF + logistic regression")
@@ -331,20 +391,31 @@ def train(
             if config.report.email_eval:
                 email_texts = _email_texts(data.test.texts, seed + 1)
                 email_logits = served.logits(email_texts)
-                metrics["email"] = _summary_metrics(
-                    email_logits, data.test.labels, names, temperature, threshold.value
-                )
+                metrics["email"] = _summary_metrics(email_logits, data.test.labels, names)
                 metrics["email"]["gap_points"] = (
                     test_metrics["accuracy"] - metrics["email"]["accuracy"]
                 ) * 100
 
             report_dir = staging / "report"
             report_dir.mkdir()
+            if robust is not None:
+                log("robustness: other people's words, perturbations, long emails, out of scope")
+                scores = evaluate_sets(served, data.test, names, robust)
+                metrics["robustness"] = {k: v.to_json() for k, v in scores.items()}
+                report.plot_risk_coverage(
+                    {k: v.curve for k, v in scores.items()}, report_dir / "risk_coverage.png"
+                )
+                for line in robustness_table(metrics["robustness"]):
+                    log(line)
             report.plot_confusion(
                 served_test, data.test.labels, names, report_dir / "confusion_matrix.png"
             )
             report.plot_reliability(
-                served_test, data.test.labels, temperature, report_dir / "reliability.png"
+                served_test,
+                data.test.labels,
+                temperature,
+                report_dir / "reliability.png",
+                len(names),
             )
             report.plot_coverage(
                 served_test,
@@ -352,6 +423,7 @@ def train(
                 temperature,
                 threshold.value,
                 report_dir / "coverage_accuracy.png",
+                len(names),
             )
             sample_rng = random.Random(seed)
             samples = sorted(
@@ -391,6 +463,7 @@ def train(
                 "temperature": temperature,
                 "threshold": threshold.value,
                 "target_accuracy": config.calibration.target_accuracy,
+                "out_of_scope": out_of_scope.model_dump() if out_of_scope else None,
                 "metrics": metrics,
                 "data_sha256": data.sha256,
                 "train_seconds": elapsed,
@@ -400,13 +473,8 @@ def train(
             manifest = manifest.model_copy(
                 update={
                     "version": version,
-                    "calibration": Calibration(
-                        temperature=temperature,
-                        abstain_threshold=threshold.value,
-                        target_accuracy=config.calibration.target_accuracy,
-                        validation_coverage=threshold.coverage,
-                        validation_selective_accuracy=threshold.selective_accuracy,
-                    ),
+                    "calibration": calibration,
+                    "out_of_scope": out_of_scope,
                     "metrics": {**_manifest_metrics(metrics), **(extra_metrics or {})},
                     "parent_version": parent_version,
                 }
@@ -439,10 +507,13 @@ def fit_model(
     base: LoadedBase,
     log: Log = print,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    *,
+    num_outputs: int | None = None,
 ) -> FitResult:
     """A fresh classifier on ``base`` (a loaded base model), fitted as ``config`` says:
     the training half of :func:`train`, also what a sweep trial runs."""
-    model = IntentClassifier(base.encoder, len(data.label_names), config.model.pooling)
+    outputs = num_outputs or len(data.label_names)
+    model = IntentClassifier(base.encoder, outputs, config.model.pooling)
     return fit(
         model,
         base.tokenizer,
@@ -453,10 +524,50 @@ def fit_model(
         data.val.texts,
         data.val.labels,
         config.train,
-        augment=email_augment if config.train.email_augment_fraction > 0 else None,
+        augment=Augmenter(config.train.email_augment_fraction, config.train.noise_augment_fraction),
         log=log,
         on_epoch=on_epoch,
     )
+
+
+def _wise_ft(
+    config: TrainConfig,
+    fitted: FitResult,
+    base: LoadedBase,
+    data: Banking77,
+    sets: TrainingSets,
+    log: Log,
+) -> dict[str, Any]:
+    """Weight-space ensembling of the fine-tuned and the probe-initialised weights."""
+    setting = config.train.wise_alpha
+    if setting is None:
+        return {}
+    if fitted.initial_state is None:
+        log("WiSE-FT: no probe-initialised weights (resumed from a checkpoint); skipped")
+        return {}
+    n = len(data.label_names)
+    max_len = config.model.max_length
+    if setting != "auto":
+        end = {k: v.clone() for k, v in fitted.model.state_dict().items()}
+        interpolate(fitted.model, fitted.initial_state, end, setting)
+        log(f"WiSE-FT: alpha {setting}")
+        return {"alpha": setting}
+    chosen_on = [(encode(base.tokenizer, data.val.texts, max_len), data.val.labels)]
+    if sets.other_words is not None:
+        chosen_on.append(
+            (encode(base.tokenizer, sets.other_words.texts, max_len), sets.other_words.labels)
+        )
+    alpha, scores = choose_wise_alpha(
+        fitted.model, fitted.initial_state, chosen_on, base.pad_token_id, n
+    )
+    log(
+        f"WiSE-FT: alpha {alpha} (accuracy on validation"
+        + (", development" if len(chosen_on) > 1 else "")
+        + " by alpha: "
+        + "; ".join(f"{a}: " + "/".join(f"{x:.4f}" for x in s) for a, s in scores.items())
+        + ")"
+    )
+    return {"alpha": alpha, "scores": {str(a): s for a, s in scores.items()}}
 
 
 def _resume(model: IntentClassifier, path: Path, log: Log) -> FitResult:
@@ -508,4 +619,7 @@ def _manifest_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         out["baseline_test_macro_f1"] = metrics["baseline"]["test_macro_f1"]
     if "email" in metrics:
         out["email_test_accuracy"] = metrics["email"]["accuracy"]
+    for name, scores in metrics.get("robustness", {}).items():
+        for key in ("accuracy", "acted_right", "acted_wrong"):
+            out[f"{name}_{key}"] = scores[key]
     return out

@@ -24,23 +24,35 @@ from training.calibration import coverage_curve, expected_calibration_error
 FloatArray = npt.NDArray[np.float32]
 
 
+def intent_probs(logits: FloatArray, temperature: float, num_labels: int) -> FloatArray:
+    """Calibrated probabilities of the intents: the softmax over every output (a "none of
+    these" column included, as the daemon computes it), then the intent columns."""
+    return softmax(logits, temperature)[:, :num_labels]
+
+
 def classification_metrics(
     logits: FloatArray,
     labels: Sequence[int],
     label_names: Sequence[str],
     temperature: float,
     threshold: float,
+    oos_threshold: float | None = None,
 ) -> dict[str, Any]:
+    """Intent-level scores (the best intent is what the daemon serves) and, at the
+    thresholds, coverage and accuracy of what is acted on."""
     truth = np.asarray(labels)
-    probs = softmax(logits, temperature)
+    n = len(label_names)
+    probs = intent_probs(logits, temperature, n)
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     correct = pred == truth
-    raw_conf = softmax(logits, 1.0).max(axis=1)
+    raw_conf = intent_probs(logits, 1.0, n).max(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(
-        truth, pred, labels=list(range(len(label_names))), zero_division=0
+        truth, pred, labels=list(range(n)), zero_division=0
     )
     kept = conf >= threshold
+    if oos_threshold is not None and logits.shape[1] > n:
+        kept &= softmax(logits, temperature)[:, n] < oos_threshold
     return {
         "examples": len(truth),
         "accuracy": float(correct.mean()),
@@ -69,7 +81,8 @@ def classification_metrics(
 def plot_confusion(
     logits: FloatArray, labels: Sequence[int], names: Sequence[str], path: Path
 ) -> None:
-    matrix = confusion_matrix(labels, logits.argmax(axis=1), labels=list(range(len(names))))
+    predicted = logits[:, : len(names)].argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, labels=list(range(len(names))))
     norm = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
     fig, ax = plt.subplots(figsize=(16, 15))
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
@@ -85,14 +98,19 @@ def plot_confusion(
 
 
 def plot_reliability(
-    logits: FloatArray, labels: Sequence[int], temperature: float, path: Path, bins: int = 15
+    logits: FloatArray,
+    labels: Sequence[int],
+    temperature: float,
+    path: Path,
+    num_labels: int,
+    bins: int = 15,
 ) -> None:
     truth = np.asarray(labels)
     fig, ax = plt.subplots(figsize=(6, 6))
     edges = np.linspace(0, 1, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     for t, name in ((1.0, "uncalibrated"), (temperature, f"temperature {temperature:.2f}")):
-        probs = softmax(logits, t)
+        probs = intent_probs(logits, t, num_labels)
         conf = probs.max(axis=1)
         correct = probs.argmax(axis=1) == truth
         accs = []
@@ -112,9 +130,14 @@ def plot_reliability(
 
 
 def plot_coverage(
-    logits: FloatArray, labels: Sequence[int], temperature: float, threshold: float, path: Path
+    logits: FloatArray,
+    labels: Sequence[int],
+    temperature: float,
+    threshold: float,
+    path: Path,
+    num_labels: int,
 ) -> None:
-    probs = softmax(logits, temperature)
+    probs = intent_probs(logits, temperature, num_labels)
     conf = probs.max(axis=1)
     correct = probs.argmax(axis=1) == np.asarray(labels)
     _, coverage, accuracy = coverage_curve(conf, correct)
@@ -138,6 +161,21 @@ def plot_coverage(
     plt.close(fig)
 
 
+def plot_risk_coverage(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    """Risk (wrong share of what is acted on) against coverage, one line per set."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, curve in curves.items():
+        if curve:
+            ax.plot([c for c, _ in curve], [r for _, r in curve], label=name)
+    ax.set_xlabel("coverage (share acted on, most confident first)")
+    ax.set_ylabel("risk (share of those acted on that are wrong)")
+    ax.set_title("Risk vs coverage by evaluation set")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_top5(
     texts: Sequence[str],
     logits: FloatArray,
@@ -149,7 +187,7 @@ def plot_top5(
 ) -> None:
     if not indices:
         return
-    probs = softmax(logits, temperature)
+    probs = intent_probs(logits, temperature, len(names))
     cols = 2
     rows = (len(indices) + 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(14, 3.2 * rows), squeeze=False)
@@ -193,6 +231,29 @@ def pct(value: float) -> str:
     return f"{value * 100:.2f}%"
 
 
+def _robustness_section(metrics: dict[str, Any]) -> list[str]:
+    from training.robustness import table
+
+    scores = metrics.get("robustness")
+    if not scores:
+        return []
+    return [
+        "## Robustness (the served decision at the shipped thresholds)",
+        "",
+        "Shares of each set's messages. `other_words`: banking questions written unlike "
+        "banking77 (development set: it chose the recipe and thresholds); `long_emails`: "
+        "the same questions inside longer emails; `perturbed`: banking77 test with typos, "
+        "contractions, filler, reordering, no capitals or an email wrapper; `out_of_scope`: "
+        "messages that are none of the intents (evaluation-only part). See "
+        "`data/robustness/DATASHEET.md`.",
+        "",
+        *table(scores),
+        "",
+        "Risk against coverage for each set: `report/risk_coverage.png`.",
+        "",
+    ]
+
+
 def model_card(summary: dict[str, Any]) -> str:
     """MODEL_CARD.md text from the run summary."""
     m = summary["metrics"]
@@ -208,8 +269,22 @@ def model_card(summary: dict[str, Any]) -> str:
         f"- Served as `model.onnx` ({summary['onnx']}), max_length {summary['max_length']} tokens, "
         f"input text recipe `{summary['text_recipe']}`.",
         f"- Calibration: temperature {summary['temperature']:.3f}; abstain below confidence "
-        f"{summary['threshold']:.3f} (chosen on validation for "
-        f"{pct(summary['target_accuracy'])} accuracy on what is not abstained).",
+        f"{summary['threshold']:.3f}"
+        + (
+            f', or as out of scope at a "none of these" probability of '
+            f"{summary['out_of_scope']['threshold']:.3f}"
+            if summary.get("out_of_scope")
+            else ""
+        )
+        + (
+            " (chosen on validation, the development set and out-of-scope calibration "
+            "messages for: "
+            + ", ".join(f"{k} {v:g}" for k, v in summary["out_of_scope"]["targets"].items())
+            + ")."
+            if summary.get("out_of_scope")
+            else f" (chosen for {pct(summary['target_accuracy'])} accuracy on what is not "
+            "abstained)."
+        ),
         "",
         "## Data",
         "- banking77 (Casanueva et al. 2020, *Efficient Intent Detection with Dual Sentence "
@@ -259,13 +334,22 @@ def model_card(summary: dict[str, Any]) -> str:
         f"{pct(test['selective_accuracy'])}.",
         f"- Training time {summary['train_seconds'] / 60:.1f} min on {summary['hardware']}.",
         "",
+        *_robustness_section(m),
         "Figures in `report/`: `confusion_matrix.png`, `reliability.png`, `coverage_accuracy.png`, "
-        "`top5_samples.png`; per-class scores in `report/per_class.csv`.",
+        "`top5_samples.png` (and `risk_coverage.png` with the robustness sets); per-class "
+        "scores in `report/per_class.csv`.",
         "",
         "## Intended use and limits",
-        "- Triage of customer-service email for a banking team; English only. Intents outside "
-        "the 77 (spam, newsletters, other topics) are forced into the nearest intent: rely on "
-        "the abstain threshold and rules to leave such mail alone.",
+        "- Triage of customer-service email for a banking team; English only. "
+        + (
+            'Mail that is none of the 77 intents is recognised by a "none of these" output '
+            "trained on out-of-scope messages and left alone (`out_of_scope`); what it was "
+            "not trained on can still slip through: keep rules conservative."
+            if summary.get("out_of_scope")
+            else "Intents outside the 77 (spam, newsletters, other topics) are forced into "
+            "the nearest intent: rely on the abstain threshold and rules to leave such "
+            "mail alone."
+        ),
         "- Worst classes (test F1): "
         + ", ".join(
             f"`{name}` {row['f1']:.2f}"
