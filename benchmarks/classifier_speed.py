@@ -7,6 +7,7 @@ run so the ratios are comparable. Needs the [train] extra and the PyTorch weight
 came from (``models/.checkpoints/<version>.pt``, written by ``train.save_checkpoint``).
 
     python benchmarks/classifier_speed.py --bundle models/current
+    python benchmarks/classifier_speed.py --bundle NEW --compare OLD   # both in one run
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def main() -> None:
         "--latency-texts", type=int, default=1000, help="texts timed one by one for batch-1 latency"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="other bundles timed the same way in the same run (e.g. the previous model)",
+    )
     args = parser.parse_args()
 
     bundle = args.bundle.resolve()
@@ -71,7 +79,8 @@ def main() -> None:
     texts, labels = data.test.texts, np.asarray(data.test.labels)
     model_config = ModelConfig(**manifest.training_config["model"])
     base = load_base_model(model_config)
-    model = IntentClassifier(base.encoder, len(manifest.labels), model_config.pooling)
+    model = IntentClassifier(base.encoder, manifest.num_outputs, model_config.pooling)
+    intents = len(manifest.labels)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu")["state_dict"])
     model.eval()
     from transformers import AutoTokenizer
@@ -115,13 +124,12 @@ def main() -> None:
                 "batch32_texts_per_s": len(texts) / seconds,
                 "batch1_p50_ms": percentile(lat, 50) * 1e3,
                 "batch1_p99_ms": percentile(lat, 99) * 1e3,
-                "accuracy": float((out.argmax(1) == labels).mean()),
+                "accuracy": float((out[:, :intents].argmax(1) == labels).mean()),
             }
         )
-        for name, path in (
-            ("onnxruntime fp32", fp32_bundle),
-            ("onnxruntime int8 (bundle)", bundle),
-        ):
+        engines = [("onnxruntime fp32", fp32_bundle), ("onnxruntime int8 (bundle)", bundle)]
+        engines += [(f"int8 {load_manifest(b).version}", b.resolve()) for b in args.compare]
+        for name, path in engines:
             batched = Classifier(path, threads=threads, batch_size=32)
             single = Classifier(path, threads=threads, batch_size=1)
             batched.logits(texts[:64])
@@ -136,7 +144,7 @@ def main() -> None:
                     "batch32_texts_per_s": len(texts) / seconds,
                     "batch1_p50_ms": percentile(lat, 50) * 1e3,
                     "batch1_p99_ms": percentile(lat, 99) * 1e3,
-                    "accuracy": float((out.argmax(1) == labels).mean()),
+                    "accuracy": float((out[:, :intents].argmax(1) == labels).mean()),
                 }
             )
             if name.startswith("onnxruntime int8"):
@@ -171,6 +179,13 @@ def main() -> None:
             f"{threads} thread(s): int8 / PyTorch eager at batch 32 = {ratio:.1f}x; "
             f"int8 batch-1 vs batch-32 top-1 agreement {agree:.4f}"
         )
+        for other in args.compare:
+            name = f"int8 {load_manifest(other).version}"
+            share = (
+                by["onnxruntime int8 (bundle)"]["batch32_texts_per_s"]
+                / by[name]["batch32_texts_per_s"]
+            )
+            print(f"{threads} thread(s): bundle / {name} at batch 32 = {share:.2f}")
     best = max(
         (r for r in rows if r["engine"].startswith("onnxruntime int8")),
         key=lambda r: r["batch32_texts_per_s"],

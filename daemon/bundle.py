@@ -94,7 +94,7 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
-        if self.out_of_scope is not None and self.schema_version < 2:
+        if self.schema_version < 2 and self.out_of_scope is not None:
             raise ValueError("out_of_scope needs schema_version 2")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")

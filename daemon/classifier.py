@@ -196,8 +196,7 @@ class Classifier:
         return softmax(self.logits(texts), self.temperature)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        probs = self.probabilities(texts)
-        return [self.decide(row) for row in probs]
+        return [self.decide(row) for row in self.probabilities(texts)]
 
     def decide(self, row: FloatArray) -> Prediction:
         """The served decision for one row of calibrated probabilities (every output)."""

@@ -393,6 +393,11 @@ def demo(workdir: Path, models_dir: Path, emails: int, data_dir: Path | None, se
             f"({right / (right + wrong):.1%}); abstained (left in INBOX, tagged "
             f"$triage_review): {result['abstained']}"
         )
+    if result["out_of_scope"]:
+        click.echo(
+            f"mail that is none of the intents, left in INBOX: "
+            f"{result['out_of_scope_left']}/{result['out_of_scope']}"
+        )
     settings = result["settings"]
     click.echo("")
     click.echo("where to look:")

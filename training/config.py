@@ -89,6 +89,13 @@ class TrainerConfig(_Section):
         description="Share of training texts perturbed each epoch (typos, contractions, "
         "filler words, lower case without punctuation).",
     )
+    long_email_augment_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of training texts seen inside a longer email of greetings and "
+        "context sentences that carry no intent.",
+    )
     paraphrases: bool = Field(
         default=False,
         description="Add the training paraphrases of data.robustness_dir (other styles).",

@@ -22,9 +22,11 @@ from daemon.service import Service
 from daemon.settings import load_settings
 from training.config import DataConfig, load_train_config
 from training.data import load_banking77
+from training.robustness import load_robustness
 
 Log = Callable[[str], None]
 REPO = Path(__file__).resolve().parent.parent
+ROBUSTNESS_DIR = REPO / "data" / "robustness"
 
 
 def ensure_model(models_dir: Path, config: Path, data_dir: Path, log: Log) -> Path:
@@ -34,7 +36,11 @@ def ensure_model(models_dir: Path, config: Path, data_dir: Path, log: Log) -> Pa
 
         log(f"no model in {models_dir}/current: training the quick model ({config.name})")
         started = time.perf_counter()
-        overrides = [f"output_dir={models_dir}", f"data.dir={data_dir}"]
+        overrides = [
+            f"output_dir={models_dir}",
+            f"data.dir={data_dir}",
+            f"data.robustness_dir={ROBUSTNESS_DIR}",
+        ]
         bundle = train(load_train_config(config, overrides), log=log)
         promote(models_dir, bundle.name, reason="demo")
         log(f"model ready in {time.perf_counter() - started:.0f} s: {bundle.name}")
@@ -93,7 +99,17 @@ def run_demo(
             mid = f"<demo-{n}@cleaninbox.example>"
             box.add(render_email(data.test.texts[i], rng, message_id=mid))
             truth[mid] = data.label_names[data.test.labels[i]]
-        log(f"delivered {len(picks)} sample emails (banking77 test queries) to {maildir}")
+        # Mail that is none of the intents: newsletters, meetings, other topics.
+        others = load_robustness(ROBUSTNESS_DIR, data.label_names).oos_eval
+        out_of_scope: set[str] = set()
+        for n, text in enumerate(rng.sample(others, min(max(1, emails // 5), len(others)))):
+            mid = f"<demo-other-{n}@cleaninbox.example>"
+            box.add(render_email(text, rng, message_id=mid))
+            out_of_scope.add(mid)
+        log(
+            f"delivered {len(picks)} sample emails (banking77 test queries) and "
+            f"{len(out_of_scope)} that are none of the intents to {maildir}"
+        )
         cycle_started = time.perf_counter()
         reports = service.once()
         cycle_seconds = time.perf_counter() - cycle_started
@@ -117,7 +133,11 @@ def run_demo(
         "folders": folders,
         "filed_right": right,
         "filed_wrong": wrong,
-        "abstained": sum(bool(d.abstain) for d in decisions),
+        "abstained": sum(bool(d.abstain) for d in decisions if d.message_id in truth),
+        "out_of_scope": len(out_of_scope),
+        "out_of_scope_left": sum(
+            d.destination is None for d in decisions if d.message_id in out_of_scope
+        ),
         "cycle_seconds": cycle_seconds,
         "total_seconds": time.perf_counter() - started,
         "settings": settings_path,

@@ -524,7 +524,11 @@ def fit_model(
         data.val.texts,
         data.val.labels,
         config.train,
-        augment=Augmenter(config.train.email_augment_fraction, config.train.noise_augment_fraction),
+        augment=Augmenter(
+            config.train.email_augment_fraction,
+            config.train.noise_augment_fraction,
+            config.train.long_email_augment_fraction,
+        ),
         log=log,
         on_epoch=on_epoch,
     )

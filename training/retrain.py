@@ -108,11 +108,8 @@ def prepare(
 
 def _accuracy(bundle: Path, texts: Sequence[str], labels: Sequence[str]) -> float:
     classifier = Classifier(bundle, batch_size=64)
-    names = classifier.labels
-    predicted = np.asarray(classifier.logits(list(texts))).argmax(axis=1)
-    return float(
-        np.mean([names[int(p)] == gold for p, gold in zip(predicted, labels, strict=True)])
-    )
+    predicted = [p.intent for p in classifier.predict(list(texts))]  # the best intent
+    return float(np.mean([p == gold for p, gold in zip(predicted, labels, strict=True)]))
 
 
 def gate(old: Scores, new: Scores, holdout: int, options: RetrainConfig) -> tuple[bool, str]:
