@@ -60,7 +60,7 @@ def main() -> None:
         "state": "var/state.db",
         "log_format": "json",
         "http": {"enabled": False},
-        "classifier": {"abstain_threshold": 0.0},
+        "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
         "poll_interval": 3600,
         "accounts": [account],
     }

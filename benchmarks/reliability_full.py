@@ -62,7 +62,7 @@ def main() -> None:
                     "log_format": "json",
                     "log_level": "warning",
                     "http": {"enabled": False},
-                    "classifier": {"abstain_threshold": 0.0},
+                    "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
                     "accounts": [
                         {
                             "name": "work",

@@ -134,7 +134,7 @@ def workdir(tmp_path: Path, tiny_bundle: Path, mail_user: MailUser, dovecot: Dov
         "jitter": 0,
         "log_format": "json",
         "http": {"enabled": False},
-        "classifier": {"abstain_threshold": 0.0},
+        "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
         "accounts": [
             {
                 "name": "work",

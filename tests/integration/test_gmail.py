@@ -52,7 +52,7 @@ def gmail(tmp_path: Path, tiny_bundle: Path, peer: GmailPeer, certificate: tuple
             "state": "var/state.db",
             "log_format": "json",
             "http": {"enabled": False},
-            "classifier": {"abstain_threshold": 0.0},
+            "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
             "accounts": [
                 {
                     "name": "gmail",

@@ -191,7 +191,7 @@ def test_revoked_account_is_unhealthy_others_keep_running_and_auth_heals_it(
         "backoff_max": 2,
         "log_format": "json",
         "http": {"enabled": True, "listen": f"127.0.0.1:{port}"},
-        "classifier": {"abstain_threshold": 0.0},
+        "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
         "accounts": [
             {
                 "name": "good",

@@ -75,7 +75,7 @@ def test_corrections_retrain_and_the_gate_both_ways(
     settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
     settings["model"] = "models/current"
     settings["rules"] = "rules.yaml"
-    settings["classifier"] = {"abstain_threshold": 0.0}
+    settings["classifier"] = {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0}
     settings["accounts"][0]["feedback"] = True
     (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
     (workdir / "rules.yaml").write_text(yaml.safe_dump(RULES))

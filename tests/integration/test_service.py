@@ -127,7 +127,8 @@ def test_run_files_mail_within_an_interval_and_reports_it(
     reply = httpx.post(f"{base}/v1/classify", json=body, headers={"Authorization": "Bearer t0ken"})
     assert reply.status_code == 200
     predictions = reply.json()["predictions"]
-    assert [set(p) for p in predictions] == [{"intent", "confidence", "abstain", "top_k"}] * 2
+    keys = {"intent", "confidence", "abstain", "abstain_reason", "out_of_scope", "top_k"}
+    assert [set(p) for p in predictions] == [keys] * 2
     bad = httpx.post(
         f"{base}/v1/classify", json={"emails": ["%%%"]}, headers={"Authorization": "Bearer t0ken"}
     )
