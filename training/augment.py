@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from daemon.samples import render_email
 from daemon.text import email_to_text
-from training.robustness import PERTURBATIONS
+from training.robustness import PERTURBATIONS, EmailPadding
 
 #: The perturbations used for noise augmentation (reordering and the email wrapper are
 #: left to the evaluation and to the email augmentation).
@@ -27,45 +27,45 @@ def noise_augment(text: str, rng: random.Random) -> str:
     return PERTURBATIONS[rng.choice(NOISE)](text, rng) or text
 
 
-# Context for long-email augmentation. Deliberately not the sentences the long-email
-# evaluation set is built from (training/robustness.py), so that set stays unseen.
-_CONTEXT = (
-    "I have been a customer for a while now and generally like the service.",
-    "Sorry for the long message, I wanted to give you the whole picture.",
-    "My son showed me how to use the app when I opened the account.",
-    "Things are busy here with the kids off school this week.",
-    "I could not reach anyone on the phone earlier today.",
-    "I am on holiday at the moment, so my replies may be slow.",
-    "I already looked through the FAQ section without luck.",
-    "A friend recommended your bank to me last year.",
-    "I work night shifts, so please email rather than call.",
-    "Thank you for the quick help last time I wrote in.",
-    "I manage the finances for our small shop with this account.",
-    "English is not my first language, I hope this is clear.",
-    "I am writing this on my lunch break.",
-    "This is the first time I have had to contact you.",
-)
-_OPENINGS = (
-    "Good morning,",
-    "Hi team,",
-    "To whom it may concern,",
-    "Hello there,",
-    "Dear sir or madam,",
-)
-_CLOSINGS = (
-    "Thanks for looking into this.",
-    "I appreciate your help.",
-    "Hope to hear back soon.",
-    "Kind regards and have a good week.",
+# Deliberately not the sentences the long-email evaluation set is built from
+# (robustness.EVALUATION_PADDING), so that set stays unseen.
+TRAINING_PADDING = EmailPadding(
+    context=(
+        "I have been a customer for a while now and generally like the service.",
+        "Sorry for the long message, I wanted to give you the whole picture.",
+        "My son showed me how to use the app when I opened the account.",
+        "Things are busy here with the kids off school this week.",
+        "I could not reach anyone on the phone earlier today.",
+        "I am on holiday at the moment, so my replies may be slow.",
+        "I already looked through the FAQ section without luck.",
+        "A friend recommended your bank to me last year.",
+        "I work night shifts, so please email rather than call.",
+        "Thank you for the quick help last time I wrote in.",
+        "I manage the finances for our small shop with this account.",
+        "English is not my first language, I hope this is clear.",
+        "I am writing this on my lunch break.",
+        "This is the first time I have had to contact you.",
+    ),
+    openings=(
+        "Good morning,",
+        "Hi team,",
+        "To whom it may concern,",
+        "Hello there,",
+        "Dear sir or madam,",
+    ),
+    closings=(
+        "Thanks for looking into this.",
+        "I appreciate your help.",
+        "Hope to hear back soon.",
+        "Kind regards and have a good week.",
+    ),
+    sentences=(1, 3),
 )
 
 
 def long_email_augment(text: str, rng: random.Random) -> str:
     """``text`` inside a longer email of greetings and context that carry no intent."""
-    context = rng.sample(_CONTEXT, rng.randint(1, 3))
-    at = rng.randint(0, len(context))
-    body = [*context[:at], text, *context[at:], rng.choice(_CLOSINGS)]
-    return f"{rng.choice(_OPENINGS)} {' '.join(body)}"
+    return TRAINING_PADDING.wrap(text, rng)
 
 
 @dataclass(frozen=True)

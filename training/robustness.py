@@ -231,37 +231,58 @@ def perturb(texts: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
 
 # -- long emails -------------------------------------------------------------------------------
 
-_CONTEXT = (
-    "I have been with you for about three years and mostly I am very happy.",
-    "I am writing from my phone, so sorry for any typos.",
-    "My daughter set the app up for me last spring.",
-    "We just moved house and things have been a bit hectic.",
-    "I tried the chat in the app first but nobody answered.",
-    "It has been a long week at work.",
-    "I hope this is the right address for this.",
-    "I am travelling a lot at the moment for my job.",
-    "My partner also has an account with you.",
-    "I did read the help pages but could not find an answer.",
-    "Apologies if you have already had a message from me about this.",
-    "I run a small bakery and use the account for most things.",
-    "The weather here has been awful, which does not help my mood.",
-    "I am not very good with technology, so please bear with me.",
-)
-_OPENINGS = ("Hello,", "Hi there,", "Dear team,", "Good afternoon,", "Hey,")
-_CLOSINGS = (
-    "Thanks so much for your help.",
-    "Looking forward to your answer.",
-    "Have a nice day.",
-    "Many thanks in advance.",
+
+@dataclass(frozen=True)
+class EmailPadding:
+    """Sentences that carry no intent, to put a question inside a longer email."""
+
+    context: tuple[str, ...]
+    openings: tuple[str, ...]
+    closings: tuple[str, ...]
+    sentences: tuple[int, int]  # how many context sentences, at least and at most
+    sign_offs: tuple[str, ...] = ()
+
+    def wrap(self, question: str, rng: random.Random) -> str:
+        context = rng.sample(self.context, rng.randint(*self.sentences))
+        at = rng.randint(0, len(context))
+        body = [*context[:at], question, *context[at:], rng.choice(self.closings)]
+        text = f"{rng.choice(self.openings)} {' '.join(body)}"
+        return f"{text} Best, {rng.choice(self.sign_offs)}" if self.sign_offs else text
+
+
+#: The long-email evaluation set's padding (training uses other sentences: augment.py).
+EVALUATION_PADDING = EmailPadding(
+    context=(
+        "I have been with you for about three years and mostly I am very happy.",
+        "I am writing from my phone, so sorry for any typos.",
+        "My daughter set the app up for me last spring.",
+        "We just moved house and things have been a bit hectic.",
+        "I tried the chat in the app first but nobody answered.",
+        "It has been a long week at work.",
+        "I hope this is the right address for this.",
+        "I am travelling a lot at the moment for my job.",
+        "My partner also has an account with you.",
+        "I did read the help pages but could not find an answer.",
+        "Apologies if you have already had a message from me about this.",
+        "I run a small bakery and use the account for most things.",
+        "The weather here has been awful, which does not help my mood.",
+        "I am not very good with technology, so please bear with me.",
+    ),
+    openings=("Hello,", "Hi there,", "Dear team,", "Good afternoon,", "Hey,"),
+    closings=(
+        "Thanks so much for your help.",
+        "Looking forward to your answer.",
+        "Have a nice day.",
+        "Many thanks in advance.",
+    ),
+    sentences=(2, 3),
+    sign_offs=("Sam", "Ana", "Li"),
 )
 
 
 def long_email(question: str, rng: random.Random) -> str:
     """``question`` inside an email of 3 to 5 other sentences that carry no intent."""
-    context = rng.sample(_CONTEXT, rng.randint(2, 3))
-    at = rng.randint(0, len(context))
-    body = [*context[:at], question, *context[at:], rng.choice(_CLOSINGS)]
-    return f"{rng.choice(_OPENINGS)} {' '.join(body)} Best, {rng.choice(('Sam', 'Ana', 'Li'))}"
+    return EVALUATION_PADDING.wrap(question, rng)
 
 
 def long_emails(texts: Sequence[str], seed: int) -> list[str]:
