@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from daemon.bundle import load_manifest
-from daemon.classifier import Classifier
+from daemon.model.bundle import load_manifest
+from daemon.model.classifier import Classifier
 from training.config import DataConfig, ModelConfig
 from training.data import load_banking77
 from training.export import export_onnx, optimise

@@ -26,7 +26,7 @@ from imapclient import IMAPClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.samples import render_email  # noqa: E402
+from daemon.model.samples import render_email  # noqa: E402
 from tests.dovecot import PASSWORD, Dovecot  # noqa: E402
 from training.config import DataConfig  # noqa: E402
 from training.data import load_banking77  # noqa: E402

@@ -24,7 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.faults import KILL_AT_COMMAND, KILL_AT_WRITE  # noqa: E402
+from daemon.service.faults import KILL_AT_COMMAND, KILL_AT_WRITE  # noqa: E402
 from tests.dovecot import Dovecot  # noqa: E402
 from tests.mail_fixtures import RULES, MailUser, cli  # noqa: E402
 from tests.reliability.invariant import examine, rerun_actions, seed_messages  # noqa: E402

@@ -18,7 +18,13 @@ MARKER = "<!-- settings-reference -->"
 def _type(annotation: Any) -> str:
     generic = getattr(annotation, "__args__", None)
     text = str(annotation) if generic else getattr(annotation, "__name__", str(annotation))
-    for noise in ("typing.", "pathlib.", "pydantic.types.", "daemon.settings.", "training.config."):
+    for noise in (
+        "typing.",
+        "pathlib.",
+        "pydantic.types.",
+        "daemon.config.settings.",
+        "training.config.",
+    ):
         text = text.replace(noise, "")
     return text.replace("|", "or")
 
@@ -51,7 +57,7 @@ def table(model: type[BaseModel], prefix: str) -> str:
 
 
 def reference() -> str:
-    from daemon.settings import (
+    from daemon.config.settings import (
         Account,
         ClassifierSettings,
         HttpSettings,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from imapclient import IMAPClient
 
-from daemon.samples import render_email
+from daemon.model.samples import render_email
 from tests.dovecot import PASSWORD, Dovecot
 
 RULES = {

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bundle import hash_bundle_files, load_manifest, read_manifest
-from daemon.classifier import Classifier
 from daemon.errors import BundleError
+from daemon.model.bundle import hash_bundle_files, load_manifest, read_manifest
+from daemon.model.classifier import Classifier
 
 
 def test_tiny_bundle_has_the_contracted_files(tiny_bundle: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.classifier import Classifier, softmax
+from daemon.model.classifier import Classifier, softmax
 
 TEXTS = [
     "I lost my card, please block it",

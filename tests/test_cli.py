@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from daemon.cli import main
-from daemon.samples import render_email
+from daemon.model.samples import render_email
 
 REPO = Path(__file__).resolve().parent.parent
 

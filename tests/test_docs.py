@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.settings import Account, OAuth2Settings, Settings
+from daemon.config.settings import Account, OAuth2Settings, Settings
 from training.config import RetrainConfig
 from training.sweep import SweepConfig
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.bundle import load_manifest
+from daemon.model.bundle import load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,11 +11,11 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from daemon.http import Health, create_app
+from daemon.config.settings import Settings
+from daemon.core.runtime import Runtime
 from daemon.metrics import Metrics
-from daemon.runtime import Runtime
-from daemon.samples import render_email
-from daemon.settings import Settings
+from daemon.model.samples import render_email
+from daemon.service.http import Health, create_app
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import mailbox
 import random
 from pathlib import Path
 
+from daemon.config.settings import Account
 from daemon.mailbox.maildir import MaildirMailbox
-from daemon.samples import render_email
-from daemon.settings import Account
+from daemon.model.samples import render_email
 
 
 def make(tmp_path: Path, n: int) -> tuple[MaildirMailbox, list[bytes]]:

@@ -19,13 +19,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from daemon.bundle import MANIFEST_NAME, MODEL_NAME, hash_bundle_files, read_manifest
-from daemon.classifier import Classifier
+from daemon.config.settings import load_settings
+from daemon.core.rules import Headers, load_rules
 from daemon.errors import BundleError
-from daemon.rules import Headers, load_rules
-from daemon.samples import render_email
-from daemon.service import Service
-from daemon.settings import load_settings
+from daemon.model.bundle import MANIFEST_NAME, MODEL_NAME, hash_bundle_files, read_manifest
+from daemon.model.classifier import Classifier
+from daemon.model.samples import render_email
+from daemon.service.supervisor import Service
 
 TEXTS = ["my card has not arrived yet", "lunch on friday?", "what is the exchange rate"]
 

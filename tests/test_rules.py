@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daemon.core.rules import Headers, Rules, RulesFile, load_rules
 from daemon.errors import ConfigError
-from daemon.rules import Headers, Rules, RulesFile, load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = [
@@ -134,7 +134,7 @@ def test_keyword_templates_are_checked_for_every_label() -> None:
 
 def test_plan_round_trips_through_json() -> None:
     plan = rules(SPEC).decide("compromised_card", 0.8, False, Headers())
-    from daemon.rules import Plan
+    from daemon.core.rules import Plan
 
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
 

@@ -10,9 +10,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from daemon.registry import promote
-from daemon.service import Service
-from daemon.settings import load_settings
+from daemon.config.settings import load_settings
+from daemon.model.registry import promote
+from daemon.service.supervisor import Service
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daemon.config.settings import load_settings
 from daemon.errors import ConfigError
-from daemon.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def write(tmp_path: Path, data: dict[str, object]) -> Path:
 def test_example_settings_document_every_key() -> None:
     text = (REPO / "configs/cleaninbox.example.yaml").read_text()
     settings = load_settings(REPO / "configs/cleaninbox.example.yaml")
-    from daemon.settings import (
+    from daemon.config.settings import (
         Account,
         ClassifierSettings,
         HttpSettings,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import StateError
-from daemon.state import MIGRATIONS, NewDecision, StateStore
+from daemon.store.state import MIGRATIONS, NewDecision, StateStore
 
 
 def decision(uid: int, status: str = "pending", **kw: object) -> NewDecision:
@@ -78,7 +78,7 @@ def test_second_instance_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with StateStore(path):
         code = (
-            f"from daemon.state import StateStore\n"
+            f"from daemon.store.state import StateStore\n"
             f"StateStore(__import__('pathlib').Path({str(path)!r}))\n"
         )
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

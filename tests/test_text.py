@@ -7,8 +7,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from daemon.samples import STYLES, render_email
-from daemon.text import MAX_TEXT_CHARS, email_to_text
+from daemon.model.samples import STYLES, render_email
+from daemon.model.text import MAX_TEXT_CHARS, email_to_text
 
 
 def message(body: str, subtype: str = "plain", subject: str = "Card", **headers: str) -> bytes:

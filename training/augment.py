@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from daemon.samples import render_email
-from daemon.text import email_to_text
+from daemon.model.samples import render_email
+from daemon.model.text import email_to_text
 from training.robustness import PERTURBATIONS, EmailPadding
 
 #: The perturbations used for noise augmentation (reordering and the email wrapper are

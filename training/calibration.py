@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 
-from daemon.classifier import softmax
+from daemon.model.classifier import softmax
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from daemon.yaml_settings import YamlSettings
+from daemon.config.yaml_settings import YamlSettings
 
 #: The checkout this package lives in, and its data sets (relative defaults).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

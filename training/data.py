@@ -13,8 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.bundle import sha256_file
 from daemon.errors import DataError
+from daemon.model.bundle import sha256_file
 from training.config import DataConfig
 
 FILES = ("train.csv", "test.csv", "categories.json")

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from daemon.registry import current_version, promote
-from daemon.rules import Headers, load_rules
-from daemon.samples import render_email
-from daemon.service import Service
-from daemon.settings import load_settings
+from daemon.config.settings import load_settings
+from daemon.core.rules import Headers, load_rules
+from daemon.model.registry import current_version, promote
+from daemon.model.samples import render_email
+from daemon.service.supervisor import Service
 from training.config import DataConfig, load_train_config
 from training.data import load_banking77
 from training.robustness import load_robustness

@@ -6,9 +6,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from daemon.classifier import Classifier
-from daemon.samples import render_email
-from daemon.text import email_to_text
+from daemon.model.classifier import Classifier
+from daemon.model.samples import render_email
+from daemon.model.text import email_to_text
 from training import report
 from training.config import DataConfig
 from training.data import load_banking77

@@ -1,7 +1,7 @@
 """Export to ONNX, optimise and quantise with onnxruntime, and check parity.
 
 The parity check runs the exported graph through the daemon's own classifier
-(``daemon.classifier.Classifier``: onnxruntime + tokenizers, no torch), so what is
+(``daemon.model.classifier.Classifier``: onnxruntime + tokenizers, no torch), so what is
 checked is exactly what is served.
 """
 
@@ -20,8 +20,8 @@ import torch
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from daemon.classifier import softmax
 from daemon.errors import ParityError
+from daemon.model.classifier import softmax
 from training.config import ExportConfig
 from training.model import IntentClassifier
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from daemon.bundle import OutOfScope
-from daemon.classifier import softmax
+from daemon.model.bundle import OutOfScope
+from daemon.model.classifier import softmax
 from training.calibration import OperatingPoint, choose_operating_point, fit_temperature
 from training.config import TrainConfig
 from training.data import Banking77, Split

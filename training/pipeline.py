@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from daemon import __version__
-from daemon.bundle import (
+from daemon.errors import ConfigError
+from daemon.model.bundle import (
     MODEL_NAME,
     SCHEMA_VERSION,
     TOKENIZER_NAME,
@@ -34,10 +35,9 @@ from daemon.bundle import (
     sha256_file,
     write_manifest,
 )
-from daemon.classifier import Classifier
-from daemon.errors import ConfigError
-from daemon.samples import render_email
-from daemon.text import TEXT_RECIPE, email_to_text
+from daemon.model.classifier import Classifier
+from daemon.model.samples import render_email
+from daemon.model.text import TEXT_RECIPE, email_to_text
 from training import report, tracking
 from training.augment import Augmenter
 from training.baseline import run_baseline
@@ -596,7 +596,7 @@ def _resume(model: IntentClassifier, path: Path, log: Log) -> FitResult:
 
 
 def _confidence(logits: Any, temperature: float) -> Any:
-    from daemon.classifier import softmax
+    from daemon.model.classifier import softmax
 
     return softmax(logits, temperature).max(axis=1)
 

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from daemon.classifier import softmax
+from daemon.model.classifier import softmax
 from training.calibration import coverage_curve, expected_calibration_error
 
 FloatArray = npt.NDArray[np.float32]

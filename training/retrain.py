@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from daemon.bundle import load_manifest
-from daemon.classifier import Classifier
 from daemon.errors import ConfigError, DataError
-from daemon.registry import current_version, promote
+from daemon.model.bundle import load_manifest
+from daemon.model.classifier import Classifier
+from daemon.model.registry import current_version, promote
 from training.config import RetrainConfig, TrainConfig
 from training.data import Split, load_banking77, same_text_key
 

@@ -2,7 +2,7 @@
 
 banking77's test queries were written the way its training queries were. Beside them,
 every training report and ``cleaninbox evaluate`` score the served decision (the daemon's
-own :class:`~daemon.classifier.Classifier`, thresholds included) on:
+own :class:`~daemon.model.classifier.Classifier`, thresholds included) on:
 
 - ``other_words``: banking questions phrased unlike banking77 (terse chat, voice
   assistant, long emails, non-native English, typos, roundabout wording), written for this
@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from daemon.bundle import sha256_file
-from daemon.classifier import Prediction
 from daemon.errors import DataError
-from daemon.samples import render_email
-from daemon.text import email_to_text
+from daemon.model.bundle import sha256_file
+from daemon.model.classifier import Prediction
+from daemon.model.samples import render_email
+from daemon.model.text import email_to_text
 from training.data import Split
 
 OTHER_WORDS = "other_words.csv"

@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from daemon.config.yaml_settings import YamlSettings
 from daemon.errors import ConfigError, DependencyError
-from daemon.yaml_settings import YamlSettings
 from training.config import TrainConfig, load_train_config
 
 Log = Callable[[str], None]

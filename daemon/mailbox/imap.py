@@ -21,10 +21,10 @@ import structlog
 from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
 
+from daemon.config.settings import Account
 from daemon.errors import AuthError, ConfigError, ConnectionLostError, MailboxError
 from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Identity, Mailbox
-from daemon.oauth import SaslResponder, TokenSource, sasl_initial_response, token_source
-from daemon.settings import Account
+from daemon.mailbox.oauth import SaslResponder, TokenSource, sasl_initial_response, token_source
 
 log = structlog.get_logger("cleaninbox.imap")
 T = TypeVar("T")

@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from daemon.config.settings import Account
 from daemon.errors import ConfigError, MailboxError
 from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Identity, Mailbox
-from daemon.settings import Account
 
 UIDLIST = "cleaninbox-uidlist"
 KEYWORDS = "dovecot-keywords"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.classifier import Classifier
+from daemon.model.classifier import Classifier
 from tests.mail_fixtures import ENV, MailUser, cli, email, mid, snapshot
 
 
@@ -41,7 +41,7 @@ def test_files_new_mail_by_rules_exactly_once(
     assert {"\\Flagged", "$urgent"} <= filed[mid(urgent)]["flags"]  # type: ignore[operator]
     classifier = Classifier(tiny_bundle)
     for raw in [urgent, *normal]:
-        from daemon.text import email_to_text
+        from daemon.model.text import email_to_text
 
         intent = classifier.predict([email_to_text(raw).text])[0].intent
         assert f"$intent_{intent}" in filed[mid(raw)]["flags"]  # type: ignore[operator]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from daemon.bundle import load_manifest
-from daemon.rules import load_rules
+from daemon.core.rules import load_rules
+from daemon.model.bundle import load_manifest
 from tests.mail_fixtures import MailUser, cli, email, mid
 
 REPO = Path(__file__).resolve().parents[2]

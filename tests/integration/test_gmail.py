@@ -19,8 +19,8 @@ import pytest
 import yaml
 from imapclient import IMAPClient
 
+from daemon.config.settings import load_settings
 from daemon.errors import ConfigError
-from daemon.settings import load_settings
 from tests.dovecot import make_certificate
 from tests.gmail_peer import ALL_MAIL, GmailPeer
 from tests.mail_fixtures import ENV, RULES, email

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 
+from daemon.config.settings import Account
 from daemon.errors import AuthError, ReauthorizeError
 from daemon.mailbox.imap import ImapMailbox
-from daemon.settings import Account
 from tests.dovecot import PASSWORD, Dovecot, free_port
 from tests.mail_fixtures import ENV, RULES, MailUser, email, mid, wait_for
 from tests.oauth_server import TokenService

@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from daemon.registry import current_version
-from daemon.service import Service
-from daemon.settings import load_settings
+from daemon.config.settings import load_settings
+from daemon.model.registry import current_version
+from daemon.service.supervisor import Service
 from tests.mail_fixtures import ENV, MailUser, cli, email, mid
 
 REPO = Path(__file__).resolve().parents[2]

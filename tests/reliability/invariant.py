@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.samples import render_email
+from daemon.model.samples import render_email
 from tests.mail_fixtures import MailUser, cli, snapshot
 
 SEED_HEADER = b"X-CleanInbox-Seed"

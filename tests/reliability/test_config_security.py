@@ -9,8 +9,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from daemon.service import Service
-from daemon.settings import load_settings
+from daemon.config.settings import load_settings
+from daemon.service.supervisor import Service
 from tests.dovecot import PASSWORD, Dovecot, free_port
 from tests.mail_fixtures import MailUser, cli, email, mid, snapshot
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon.faults import KILL_AT_COMMAND, KILL_AT_WRITE
-from daemon.state import StateStore
+from daemon.service.faults import KILL_AT_COMMAND, KILL_AT_WRITE
+from daemon.store.state import StateStore
 from tests.dovecot import Dovecot
 from tests.mail_fixtures import USERS, MailUser, cli
 from tests.reliability.invariant import check, seed_messages

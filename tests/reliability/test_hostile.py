@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.text import MAX_TEXT_CHARS, email_to_text
+from daemon.model.text import MAX_TEXT_CHARS, email_to_text
 from tests.mail_fixtures import MailUser, cli
 from tests.reliability.hostile import CASES
 from tests.reliability.invariant import SEED_HEADER, Seed, check

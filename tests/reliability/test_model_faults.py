@@ -14,10 +14,10 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from daemon.bundle import hash_bundle_files
-from daemon.classifier import Classifier
-from daemon.service import Service
-from daemon.settings import load_settings
+from daemon.config.settings import load_settings
+from daemon.model.bundle import hash_bundle_files
+from daemon.model.classifier import Classifier
+from daemon.service.supervisor import Service
 from tests.mail_fixtures import ENV, MailUser, cli
 from tests.reliability.invariant import check, seed_messages
 

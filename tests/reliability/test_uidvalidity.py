@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.faults import KILL_AT_WRITE
+from daemon.service.faults import KILL_AT_WRITE
 from tests.dovecot import Dovecot
 from tests.mail_fixtures import MailUser, cli, email
 from tests.reliability.invariant import check, seed_messages

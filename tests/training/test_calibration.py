@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.classifier import softmax
+from daemon.model.classifier import softmax
 from training.calibration import (
     choose_threshold,
     expected_calibration_error,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bundle import sha256_file
 from daemon.errors import DataError
+from daemon.model.bundle import sha256_file
 from training.config import DataConfig
 from training.data import load_banking77, stratified_split
 

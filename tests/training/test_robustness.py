@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.classifier import Prediction
 from daemon.errors import DataError
+from daemon.model.classifier import Prediction
 from training.calibration import choose_operating_point
 from training.data import same_text_key
 from training.robustness import (

@@ -15,8 +15,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from daemon.config.yaml_settings import YamlSettings
 from daemon.errors import ConfigError
-from daemon.yaml_settings import YamlSettings
 
 DEFAULT_CONFIG = Path("cleaninbox.yaml")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -26,16 +26,17 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
+from daemon.config.settings import Account, Settings
+from daemon.core.cycle import CycleReport, Mode, Progress, Triage
+from daemon.core.runtime import Runtime
 from daemon.errors import AuthError, ConnectionLostError, MailboxError
-from daemon.http import Health, create_app, serve_in_thread
-from daemon.idle import STOP_CHECK, IdleWatcher
-from daemon.mailbox import Mailbox, open_mailbox
+from daemon.mailbox import Mailbox
+from daemon.mailbox.oauth import token_source
 from daemon.metrics import Metrics
-from daemon.oauth import token_source
-from daemon.runtime import Runtime
-from daemon.settings import Account, Settings
-from daemon.state import StateStore
-from daemon.triage import CycleReport, Mode, Progress, Triage
+from daemon.service.faults import open_mailbox_with_hooks
+from daemon.service.http import Health, create_app, serve_in_thread
+from daemon.service.idle import STOP_CHECK, IdleWatcher
+from daemon.store.state import StateStore
 
 log = structlog.get_logger("cleaninbox.service")
 SHUTDOWN_GRACE = 10.0  # seconds a running cycle gets to finish after SIGTERM
@@ -53,7 +54,7 @@ class Service:
         *,
         registry: CollectorRegistry | None = None,
         dry_run: bool | None = None,
-        mailbox_factory: Callable[[Account], Mailbox] = open_mailbox,
+        mailbox_factory: Callable[[Account], Mailbox] = open_mailbox_with_hooks,
     ) -> None:
         self.settings = settings
         self.dry_run = settings.dry_run if dry_run is None else dry_run

@@ -19,11 +19,11 @@ from contextlib import AbstractContextManager
 
 import structlog
 
+from daemon.config.settings import Account
+from daemon.core.rules import Rules
 from daemon.mailbox.base import Mailbox
 from daemon.metrics import Metrics
-from daemon.rules import Rules
-from daemon.settings import Account
-from daemon.state import Decision, StateStore
+from daemon.store.state import Decision, StateStore
 
 log = structlog.get_logger("cleaninbox.feedback")
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from daemon.config.settings import Account
 from daemon.errors import AuthError, ConfigError
-from daemon.oauth import write_secret
-from daemon.settings import Account
+from daemon.mailbox.oauth import write_secret
 
 PAGE = (
     "<!doctype html><title>CleanInbox</title><p>{message}</p>"

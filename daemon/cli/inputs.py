@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from daemon.errors import ConfigError
-from daemon.text import email_to_text
+from daemon.model.text import email_to_text
 
 SUFFIXES = (".txt", ".jsonl", ".eml")
 

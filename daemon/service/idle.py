@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 import structlog
 
+from daemon.config.settings import Account
 from daemon.errors import CleanInboxError
 from daemon.mailbox.imap import ImapMailbox
 from daemon.metrics import Metrics
-from daemon.settings import Account
 
 log = structlog.get_logger("cleaninbox.idle")
 NEW_MAIL = (b"EXISTS", b"RECENT")

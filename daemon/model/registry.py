@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from daemon.bundle import MANIFEST_NAME, Manifest, load_manifest, read_manifest
 from daemon.errors import BundleError, ConfigError
+from daemon.model.bundle import MANIFEST_NAME, Manifest, load_manifest, read_manifest
 
 CURRENT = "current"
 PROMOTIONS = "promotions.jsonl"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import structlog
 
+from daemon.config.settings import Account, OAuth2Settings
 from daemon.errors import AuthError, ConnectionLostError, ReauthorizeError
-from daemon.settings import Account, OAuth2Settings
 
 log = structlog.get_logger("cleaninbox.oauth")
 

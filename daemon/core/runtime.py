@@ -13,11 +13,11 @@ from pathlib import Path
 
 import structlog
 
-from daemon.classifier import Classifier
+from daemon.config.settings import Settings
+from daemon.core.rules import Rules, load_rules
 from daemon.errors import CleanInboxError
 from daemon.metrics import Metrics
-from daemon.rules import Rules, load_rules
-from daemon.settings import Settings
+from daemon.model.classifier import Classifier
 
 log = structlog.get_logger("cleaninbox.runtime")
 

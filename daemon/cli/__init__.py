@@ -92,7 +92,7 @@ def data_check(data_dir: Path | None, copy_to: Path | None) -> None:
     """Validate banking77 (columns, 77 labels, no empty texts) and print its sha256."""
     import shutil
 
-    from daemon.bundle import sha256_file
+    from daemon.model.bundle import sha256_file
     from training.config import DataConfig
     from training.data import FILES, load_banking77
 
@@ -185,7 +185,7 @@ def retrain(
 
     config = load_train_config(config_path, list(overrides))
     _training()
-    from daemon.state import StateStore
+    from daemon.store.state import StateStore
     from training.retrain import Example, read_corrections_csv
     from training.retrain import retrain as run_retrain
 
@@ -196,7 +196,7 @@ def retrain(
         if state_path is not None:
             state, registry = state_path, models_dir or DEFAULT_MODELS_DIR
         else:
-            from daemon.settings import load_settings
+            from daemon.config.settings import load_settings
 
             settings = load_settings(settings_path)
             state, registry = settings.state, models_dir or settings.model.parent
@@ -242,7 +242,7 @@ def train(
 
     bundle = run_training(config, output, log=_echo_err)
     if promote:
-        from daemon.registry import promote as promote_bundle
+        from daemon.model.registry import promote as promote_bundle
 
         promote_bundle(bundle.parent, bundle.name)
         _echo_err(f"promoted {bundle.name} to {bundle.parent / 'current'}")
@@ -294,7 +294,7 @@ def evaluate(
     data = DataConfig(
         dir=_banking77_dir(data_dir), robustness_dir=None if no_robustness else robustness_dir
     )
-    from daemon.bundle import read_manifest
+    from daemon.model.bundle import read_manifest
 
     read_manifest(model_dir)  # a bad bundle is reported before the heavy imports
     _training()
@@ -323,9 +323,9 @@ def evaluate(
 @click.option("--top-k", type=click.IntRange(1, 77), default=5, show_default=True)
 def classify(texts: tuple[str, ...], model_dir: Path, input_file: Path | None, top_k: int) -> None:
     """Classify texts; print one JSON object a line."""
-    from daemon.classifier import Classifier
+    from daemon.cli.inputs import read_inputs
     from daemon.errors import ConfigError
-    from daemon.inputs import read_inputs
+    from daemon.model.classifier import Classifier
 
     items = list(texts)
     if input_file is not None:
@@ -431,7 +431,7 @@ _models_dir_option: Callable[[Callable[..., Any]], Callable[..., Any]] = click.o
 @click.option("--json", "as_json", is_flag=True, help="One JSON object a line.")
 def models_list(models_dir: Path, as_json: bool) -> None:
     """Show bundles with their metrics (* marks models/current)."""
-    from daemon.registry import list_bundles
+    from daemon.model.registry import list_bundles
 
     entries = list_bundles(models_dir)
     if as_json:
@@ -484,7 +484,7 @@ def models_list(models_dir: Path, as_json: bool) -> None:
 @_models_dir_option
 def models_promote(version: str, models_dir: Path) -> None:
     """Verify bundle VERSION and point models/current at it."""
-    from daemon.registry import promote
+    from daemon.model.registry import promote
 
     manifest = promote(models_dir, version)
     click.echo(f"models/current -> {manifest.version}")
@@ -498,8 +498,8 @@ def models_config(version: str, models_dir: Path) -> None:
     and data sha256 to check before reproducing it."""
     import yaml
 
-    from daemon.bundle import load_manifest
-    from daemon.registry import resolve_bundle
+    from daemon.model.bundle import load_manifest
+    from daemon.model.registry import resolve_bundle
 
     manifest = load_manifest(resolve_bundle(models_dir, version), verify=False)
     lines = [
@@ -522,7 +522,7 @@ def models_publish(source: Path, target: Path) -> None:
     verifying every file's sha256 (the pipeline's export stage)."""
     import shutil
 
-    from daemon.bundle import load_manifest
+    from daemon.model.bundle import load_manifest
 
     bundles = [p for p in sorted(source.iterdir()) if (p / "manifest.json").is_file()]
     if len(bundles) != 1:
@@ -539,7 +539,7 @@ def models_publish(source: Path, target: Path) -> None:
 @_models_dir_option
 def models_rollback(models_dir: Path) -> None:
     """Point models/current back at the bundle it served before the last switch."""
-    from daemon.registry import rollback
+    from daemon.model.registry import rollback
 
     manifest = rollback(models_dir)
     click.echo(f"models/current -> {manifest.version}")
@@ -566,8 +566,8 @@ def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _settings(config_path: Path | None, overrides: tuple[str, ...]) -> Any:
+    from daemon.config.settings import load_settings
     from daemon.logs import configure_logging
-    from daemon.settings import load_settings
 
     settings = load_settings(config_path, list(overrides))
     configure_logging(settings.log_format, settings.log_level)
@@ -575,8 +575,8 @@ def _settings(config_path: Path | None, overrides: tuple[str, ...]) -> Any:
 
 
 def _service(settings: Any, dry_run: bool) -> Any:
-    from daemon.faults import install_write_hook
-    from daemon.service import Service
+    from daemon.service.faults import install_write_hook
+    from daemon.service.supervisor import Service
 
     install_write_hook()
     return Service(settings, dry_run=dry_run or settings.dry_run)
@@ -668,7 +668,7 @@ def auth(
 ) -> None:
     """Authorise ACCOUNT with OAuth2 (Google, Microsoft, or any provider) and save its
     refresh token to oauth2.refresh_token_file."""
-    from daemon.authflow import authorize
+    from daemon.mailbox.authflow import authorize
 
     settings = _settings(config_path, overrides)
     where = authorize(
@@ -685,9 +685,9 @@ def auth(
 @click.option("--connect", is_flag=True, help="Also log in to every account.")
 def check_config(config_path: Path | None, overrides: tuple[str, ...], connect: bool) -> None:
     """Validate settings, the model bundle and the rules (and with --connect, logins)."""
+    from daemon.core.runtime import load
     from daemon.errors import CleanInboxError
-    from daemon.mailbox import open_mailbox
-    from daemon.runtime import load
+    from daemon.service.faults import open_mailbox_with_hooks as open_mailbox
 
     settings = _settings(config_path, overrides)
     loaded = load(settings)
@@ -744,8 +744,8 @@ def backfill(
     """Triage mail that was already there when CleanInbox started."""
     from datetime import date
 
+    from daemon.core.cycle import Mode
     from daemon.errors import ConfigError
-    from daemon.triage import Mode
 
     if since is not None:
         try:
@@ -792,7 +792,7 @@ def history(
     limit: int | None,
 ) -> None:
     """Show the audit log of decisions."""
-    from daemon.state import StateStore
+    from daemon.store.state import StateStore
 
     settings = _settings(config_path, overrides)
     since_iso = _since(since)
@@ -830,7 +830,7 @@ def feedback_export(
     """Write the recorded corrections as a dataset for `cleaninbox retrain`."""
     import csv
 
-    from daemon.state import StateStore
+    from daemon.store.state import StateStore
 
     settings = _settings(config_path, overrides)
     with StateStore(settings.state, read_only=True, lock=False) as store:
@@ -850,7 +850,7 @@ def feedback_export(
 def backup(target: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
     """Copy the state database (audit log, positions) to TARGET, safely while the daemon
     runs. Restore: stop the daemon, put the copy in place of the state file, start it."""
-    from daemon.state import StateStore
+    from daemon.store.state import StateStore
 
     settings = _settings(config_path, overrides)
     with StateStore(settings.state, read_only=True, lock=False) as store:
@@ -863,8 +863,8 @@ def _since(value: str | None) -> str | None:
         return None
     from datetime import UTC, datetime
 
+    from daemon.core.undo import parse_duration, since_iso
     from daemon.errors import ConfigError
-    from daemon.undo import parse_duration, since_iso
 
     if value[-1:].isalpha() and value[:-1].strip().isdigit():
         return since_iso(parse_duration(value))
@@ -892,11 +892,11 @@ def undo(
     dry_run: bool,
 ) -> None:
     """Put messages back where they were, using the audit log."""
+    from daemon.core.undo import parse_duration, since_iso, undoable
+    from daemon.core.undo import undo as run_undo
     from daemon.errors import ConfigError
-    from daemon.mailbox import open_mailbox
-    from daemon.state import StateStore
-    from daemon.undo import parse_duration, since_iso, undoable
-    from daemon.undo import undo as run_undo
+    from daemon.service.faults import open_mailbox_with_hooks as open_mailbox
+    from daemon.store.state import StateStore
 
     if (since_duration is None) == (decision_id is None):
         raise ConfigError("give exactly one of --since DURATION or --decision ID")

@@ -17,8 +17,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from daemon.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
 from daemon.errors import BundleError, ModelError
+from daemon.model.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
 
 FloatArray = npt.NDArray[np.float32]
 

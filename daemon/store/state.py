@@ -712,7 +712,7 @@ class StateStore:
         return {r["status"]: int(r["n"]) for r in rows}
 
 
-# A test-only hook (daemon/faults.py): called before each commit with that write's number.
+# A test-only hook (daemon/service/faults.py): called before each commit with its number.
 _write_hook: Callable[[int], None] | None = None
 
 

@@ -13,7 +13,9 @@ import os
 import signal
 from collections.abc import Callable
 
-from daemon import state
+from daemon.config.settings import Account
+from daemon.mailbox import Mailbox, open_mailbox
+from daemon.store import state
 
 KILL_AT_WRITE = "CLEANINBOX_TEST_KILL_AT_WRITE"
 KILL_AT_COMMAND = "CLEANINBOX_TEST_KILL_AT_COMMAND"
@@ -54,3 +56,8 @@ def command_hook() -> Callable[[str], None] | None:
             _die()
 
     return hook
+
+
+def open_mailbox_with_hooks(account: Account) -> Mailbox:
+    """:func:`daemon.mailbox.open_mailbox` with the command hook, when one is configured."""
+    return open_mailbox(account, on_command=command_hook())

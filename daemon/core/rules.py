@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.config.yaml_settings import describe_validation_error, read_yaml_mapping
 from daemon.errors import ConfigError
-from daemon.yaml_settings import describe_validation_error, read_yaml_mapping
 
 # An IMAP flag-keyword is an atom (RFC 3501): printable ASCII but ( ) { % * " \ ]
 _KEYWORD_OK = re.compile(r"^[\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c-\x7e]+$")

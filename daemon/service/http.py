@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ConfigDict, Field
 
+from daemon.config.settings import Settings, is_loopback
+from daemon.core.runtime import Runtime
 from daemon.metrics import Metrics
-from daemon.runtime import Runtime
-from daemon.settings import Settings, is_loopback
-from daemon.text import email_to_text
+from daemon.model.text import email_to_text
 
 MAX_ITEMS = 256
 log = structlog.get_logger("cleaninbox.http")

@@ -25,16 +25,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from daemon import feedback
-from daemon.classifier import Classifier, Prediction
+from daemon.config.settings import Account
+from daemon.core import feedback
+from daemon.core.rules import Headers, Plan
+from daemon.core.runtime import Runtime
 from daemon.errors import ConnectionLostError, MailboxError, ModelError
 from daemon.mailbox.base import FetchedMessage, FolderStatus, Mailbox
 from daemon.metrics import Metrics
-from daemon.rules import Headers, Plan
-from daemon.runtime import Runtime
-from daemon.settings import Account
-from daemon.state import FolderState, NewDecision, StateStore, Status
-from daemon.text import EmailText, email_to_text
+from daemon.model.classifier import Classifier, Prediction
+from daemon.model.text import EmailText, email_to_text
+from daemon.store.state import FolderState, NewDecision, StateStore, Status
 
 log = structlog.get_logger("cleaninbox.triage")
 VANISHED = "vanished: another client moved or deleted it after it was fetched; nothing was done"

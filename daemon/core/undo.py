@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from daemon.core.rules import Plan
 from daemon.errors import ConfigError, ConnectionLostError, MailboxError
 from daemon.mailbox.base import Mailbox
-from daemon.rules import Plan
-from daemon.state import Decision, NewDecision, StateStore
+from daemon.store.state import Decision, NewDecision, StateStore
 
 log = structlog.get_logger("cleaninbox.undo")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
