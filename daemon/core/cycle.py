@@ -32,7 +32,7 @@ from daemon.core.runtime import Runtime
 from daemon.errors import ConnectionLostError, MailboxError, ModelError
 from daemon.mailbox.base import FetchedMessage, FolderStatus, Mailbox
 from daemon.metrics import Metrics
-from daemon.model.classifier import Classifier, Prediction
+from daemon.model.classifier import Classified, Classifier, Prediction
 from daemon.model.text import EmailText, email_to_text
 from daemon.store.state import FolderState, NewDecision, StateStore, Status
 
@@ -163,8 +163,8 @@ class BoundedInference:
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cleaninbox-model")
 
-    def predict(self, classifier: Classifier, texts: list[str]) -> list[Prediction]:
-        future = self._pool.submit(classifier.predict, texts)
+    def classify(self, classifier: Classifier, texts: list[str]) -> Classified:
+        future = self._pool.submit(classifier.classify, texts)
         try:
             return future.result(timeout=self.timeout)
         except FuturesTimeout:
@@ -443,11 +443,11 @@ class Triage:
                 item.status, item.reason = "skipped", "restored by undo; not triaged again"
             else:
                 todo.append(item)
-        predictions: list[Prediction] | None = None
+        classified: Classified | None = None
         if todo:
             try:
                 with self._stage("classify"):
-                    predictions = self.inference.predict(classifier, [i.text.text for i in todo])
+                    classified = self.inference.classify(classifier, [i.text.text for i in todo])
             except ModelError as exc:
                 self.metrics.errors.labels(account.name, "model").inc()
                 log.error(
@@ -463,10 +463,10 @@ class Triage:
                     item.status = "pending" if not review.is_noop else "skipped"
                     item.reason = f"not classified: {exc}"
                 todo = []
-        if todo and predictions is not None:
-            per_message = classifier.last_inference_seconds / len(todo)
-            self.metrics.inference_batch.observe(classifier.last_inference_seconds)
-            for item, prediction in zip(todo, predictions, strict=True):
+        if todo and classified is not None:
+            per_message = classified.seconds / len(todo)
+            self.metrics.inference_batch.observe(classified.seconds)
+            for item, prediction in zip(todo, classified.predictions, strict=True):
                 self.metrics.inference.observe(per_message)
                 item.prediction = prediction
                 headers = Headers(item.text.sender, item.text.recipients, item.text.subject)
