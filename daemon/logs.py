@@ -1,4 +1,9 @@
-"""structlog configuration: key-value events, JSON when stderr is not a terminal."""
+"""structlog configuration: key-value events, JSON when stderr is not a terminal.
+
+Every event names its logger (the module that logged it: ``structlog.get_logger(__name__)``)
+and carries the context bound with ``structlog.contextvars`` (the account and folder a
+cycle works on are bound once, by the cycle).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,18 @@ LEVELS = {
 }
 
 
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A print logger that knows the name it was asked for (``add_logger_name`` reads it)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(file=sys.stderr)
+        self.name = name
+
+
+def _logger_factory(*args: object) -> _NamedPrintLogger:
+    return _NamedPrintLogger(str(args[0]) if args else "cleaninbox")
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "info"
 ) -> None:
@@ -29,12 +46,13 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_logger_factory,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

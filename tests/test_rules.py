@@ -134,7 +134,7 @@ def test_keyword_templates_are_checked_for_every_label() -> None:
 
 def test_plan_round_trips_through_json() -> None:
     plan = rules(SPEC).decide("compromised_card", 0.8, False, Headers())
-    from daemon.core.rules import Plan
+    from daemon.core.actions import Plan
 
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
 

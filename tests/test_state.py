@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import StateError
-from daemon.store.state import MIGRATIONS, NewDecision, StateStore
+from daemon.store.migrations import MIGRATIONS
+from daemon.store.state import NewDecision, StateStore
 
 
 def decision(uid: int, status: str = "pending", **kw: object) -> NewDecision:
@@ -32,7 +34,6 @@ def decision(uid: int, status: str = "pending", **kw: object) -> NewDecision:
         "action": "move to X",
         "plan": {"rule": "r"},
         "destination": "X",
-        "dest_uidnext": 5,
         "status": status,
     }
     base.update(kw)
@@ -139,3 +140,63 @@ def test_backup_while_the_daemon_holds_the_state(tmp_path: Path) -> None:
     copy.close()
     with StateStore(tmp_path / "b/copy.db") as restored:  # a restore opens like the original
         assert [d.uid for d in restored.pending()] == [1]
+
+
+def test_every_field_of_a_decision_round_trips(tmp_path: Path) -> None:
+    """The record is defined once: what is journaled is what history reads back."""
+    new = decision(
+        4,
+        status="done",
+        plan={"v": 2, "rule": "r", "move": "X", "dest_uidnext": {"X": 5}},
+        text="model input",
+        reason="why",
+    )
+    with StateStore(tmp_path / "s.db") as store:
+        (decision_id,) = store.record([new])
+        (stored,) = store.history()
+    assert stored.id == decision_id and stored.created_at and stored.done_at
+    for name, value in vars(new).items():
+        expected = [list(row) for row in value] if name == "top_k" else value
+        assert getattr(stored, name) == expected, name
+
+
+def test_a_schema_2_database_migrates_its_plans(tmp_path: Path) -> None:
+    """Databases written before plans were versioned: the plan gains its version and the
+    duplicate dest_uidnext column goes; the journaled plan still settles and undoes."""
+    from daemon.core.actions import Plan
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        for statement in script.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number}")
+    old_plan = {
+        "rule": "cards",
+        "keywords": ["$card"],
+        "flag": True,
+        "mark_read": False,
+        "copies": ["Archive"],
+        "move": "Triage/Cards",
+        "abstained": False,
+        "flags_before": ["\\Seen"],
+        "dest_uidnext": {"Archive": 3, "Triage/Cards": None},
+    }
+    db.execute(
+        "INSERT INTO decisions(kind, account, folder, uidvalidity, uid, message_id, plan, "
+        "destination, dest_uidnext, status, created_at) VALUES "
+        "('triage', 'a', 'INBOX', 7, 1, '<1@x>', ?, 'Triage/Cards', 9, 'pending', 'now')",
+        (json.dumps(old_plan),),
+    )
+    db.commit()
+    db.close()
+    with StateStore(path) as store:
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(decisions)")}
+        (pending,) = store.pending()
+    assert "dest_uidnext" not in columns
+    assert pending.plan is not None and pending.plan["v"] == 2
+    plan = Plan.of(pending)
+    assert plan.move == "Triage/Cards" and plan.copies == ("Archive",)
+    assert plan.flags == ["$card", "\\Flagged"] and plan.flags_before == ("\\Seen",)
+    assert dict(plan.dest_uidnext) == {"Archive": 3}  # null: never looked at

@@ -23,9 +23,10 @@ from daemon.config.settings import Account
 from daemon.core.rules import Rules
 from daemon.mailbox.base import Mailbox
 from daemon.metrics import Metrics
-from daemon.store.state import Decision, StateStore
+from daemon.store.base import Store
+from daemon.store.records import Decision
 
-log = structlog.get_logger("cleaninbox.feedback")
+log = structlog.get_logger(__name__)
 
 
 def corrected_intent(candidates: list[str], decision: Decision) -> str | None:
@@ -45,21 +46,20 @@ def scan(
     account: Account,
     mailbox: Mailbox,
     rules: Rules,
-    state: Callable[[], AbstractContextManager[StateStore]],
+    state: Callable[[], AbstractContextManager[Store]],
     metrics: Metrics,
 ) -> int:
     """Record the corrections made in the triage folders since the last look."""
     found = 0
     keywords = rules.intent_keywords()
 
-    def record(store: StateStore, decision: Decision, intent: str, folder: str, how: str) -> None:
+    def record(store: Store, decision: Decision, intent: str, folder: str, how: str) -> None:
         nonlocal found
         if store.add_correction(decision, intent, folder, decision.text or ""):
             found += 1
             metrics.corrections.labels(account.name).inc()
         log.info(
             "correction",
-            account=account.name,
             message_id=decision.message_id,
             predicted=decision.intent,
             corrected=intent,

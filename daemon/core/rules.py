@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from daemon.config.yaml_settings import describe_validation_error, read_yaml_mapping
+from daemon.core.actions import Plan
 from daemon.errors import ConfigError
 
 # An IMAP flag-keyword is an atom (RFC 3501): printable ASCII but ( ) { % * " \ ]
@@ -219,59 +220,6 @@ class RulesFile(_Strict):
         description="Actions for mail the model finds out of scope (none of its intents; "
         "bundles with a none-of-these output). Unset: the abstain actions.",
     )
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to do to one message. Applied in order: keywords/flags, copies, then the move."""
-
-    rule: str
-    keywords: tuple[str, ...] = ()
-    flag: bool = False
-    mark_read: bool = False
-    copies: tuple[str, ...] = ()
-    move: str | None = None
-    abstained: bool = False
-
-    @property
-    def is_noop(self) -> bool:
-        return not (self.keywords or self.flag or self.mark_read or self.copies or self.move)
-
-    @property
-    def destination(self) -> str | None:
-        return self.move
-
-    def describe(self) -> str:
-        """A one-line dry-run description."""
-        parts = [f"keyword {k}" for k in self.keywords]
-        parts += ["flag"] if self.flag else []
-        parts += ["mark read"] if self.mark_read else []
-        parts += [f"copy to {c}" for c in self.copies]
-        parts += [f"move to {self.move}"] if self.move else []
-        return ", ".join(parts) if parts else "leave alone"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "keywords": list(self.keywords),
-            "flag": self.flag,
-            "mark_read": self.mark_read,
-            "copies": list(self.copies),
-            "move": self.move,
-            "abstained": self.abstained,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Plan:
-        return cls(
-            rule=str(data["rule"]),
-            keywords=tuple(data.get("keywords", [])),
-            flag=bool(data.get("flag", False)),
-            mark_read=bool(data.get("mark_read", False)),
-            copies=tuple(data.get("copies", [])),
-            move=data.get("move"),
-            abstained=bool(data.get("abstained", False)),
-        )
 
 
 @dataclass(frozen=True)

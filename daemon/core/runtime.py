@@ -19,7 +19,7 @@ from daemon.errors import CleanInboxError
 from daemon.metrics import Metrics
 from daemon.model.classifier import Classifier
 
-log = structlog.get_logger("cleaninbox.runtime")
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from daemon.core.rules import Plan
+from daemon.core.actions import Journaled, Plan, revert
 from daemon.errors import ConfigError, ConnectionLostError, MailboxError
 from daemon.mailbox.base import Mailbox
-from daemon.store.state import Decision, NewDecision, StateStore
+from daemon.store.base import Store
+from daemon.store.records import Decision, NewDecision, iso_utc
 
-log = structlog.get_logger("cleaninbox.undo")
+log = structlog.get_logger(__name__)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -33,7 +34,7 @@ def parse_duration(text: str) -> timedelta:
 
 
 def since_iso(delta: timedelta) -> str:
-    return (datetime.now(UTC) - delta).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(datetime.now(UTC) - delta)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class UndoResult:
 
 
 def undoable(
-    store: StateStore, *, since: str | None = None, decision_id: int | None = None
+    store: Store, *, since: str | None = None, decision_id: int | None = None
 ) -> list[Decision]:
     """Triage decisions that changed something and are not undone yet."""
     if decision_id is not None:
@@ -61,41 +62,14 @@ def undoable(
     for d in candidates:
         if d.id in done or d.status != "done" or not d.plan:
             continue
-        if Plan.from_json(d.plan).is_noop:
+        if Plan.of(d).is_noop:
             continue
         out.append(d)
     return out
 
 
-def _restore(mailbox: Mailbox, d: Decision, plan: Plan) -> str:
-    if not d.message_id:
-        raise MailboxError("the message has no Message-ID, so it cannot be found again")
-    before = set((d.plan or {}).get("flags_before", []))
-    where = plan.move or d.folder
-    found = mailbox.find_message_id(where, d.message_id) if mailbox.folder_exists(where) else []
-    if not found:
-        raise MailboxError(f"message {d.message_id} is no longer in {where}")
-    uid = found[-1]
-    added = [k for k in plan.keywords if k not in before]
-    added += [
-        f
-        for f, on in (("\\Flagged", plan.flag), ("\\Seen", plan.mark_read))
-        if on and f not in before
-    ]
-    mailbox.remove_flags(where, [uid], added)
-    for copy_folder in plan.copies:
-        if mailbox.folder_exists(copy_folder):
-            copies = mailbox.find_message_id(copy_folder, d.message_id)
-            if copies:
-                mailbox.delete(copy_folder, copies[-1:])
-    if plan.move:
-        mailbox.move(where, [uid], d.folder)
-        return f"moved back from {plan.move} to {d.folder}"
-    return f"removed {', '.join(added) or 'nothing'} in {d.folder}"
-
-
 def undo(
-    store: StateStore,
+    store: Store,
     decisions: list[Decision],
     mailbox_for: Callable[[str], Mailbox],
     *,
@@ -103,7 +77,7 @@ def undo(
 ) -> list[UndoResult]:
     results = []
     for d in decisions:
-        plan = Plan.from_json(d.plan or {"rule": d.rule or "?"})
+        plan = Plan.of(d)
         if dry_run:
             results.append(UndoResult(d, "dry-run", f"would undo: {plan.describe()}"))
             continue
@@ -122,20 +96,17 @@ def undo(
                     intent=d.intent,
                     confidence=d.confidence,
                     abstain=d.abstain,
-                    top_k=None,
                     model_version=d.model_version,
                     rule=d.rule,
                     action=f"undo: {plan.describe()}",
-                    plan=None,
                     destination=d.folder,
-                    dest_uidnext=None,
                     status="pending",
                     undo_of=d.id,
                 )
             ]
         )
         try:
-            detail = _restore(mailbox, d, plan)
+            detail = revert(mailbox, Journaled.of(d), plan)
         except ConnectionLostError:
             raise
         except MailboxError as exc:

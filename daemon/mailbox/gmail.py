@@ -27,7 +27,7 @@ import structlog
 from daemon.errors import MailboxError
 from daemon.mailbox.imap import ImapMailbox, _chunks
 
-log = structlog.get_logger("cleaninbox.gmail")
+log = structlog.get_logger(__name__)
 PREFIX = "X-GM-MSGID:"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import imaplib
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
@@ -24,9 +23,10 @@ from imapclient import exceptions as imap_exc
 from daemon.config.settings import Account
 from daemon.errors import AuthError, ConfigError, ConnectionLostError, MailboxError
 from daemon.mailbox.base import Capabilities, FetchedMessage, FolderStatus, Identity, Mailbox
-from daemon.mailbox.oauth import SaslResponder, TokenSource, sasl_initial_response, token_source
+from daemon.mailbox.imap_login import connect, describe_error, server_text, temporary
+from daemon.mailbox.oauth import TokenSource, token_source
 
-log = structlog.get_logger("cleaninbox.imap")
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 CHUNK = 500  # UIDs per command
 
@@ -34,64 +34,6 @@ CHUNK = 500  # UIDs per command
 def _chunks(uids: Sequence[int], size: int = CHUNK) -> Iterator[list[int]]:
     for start in range(0, len(uids), size):
         yield list(uids[start : start + size])
-
-
-def ssl_context(account: Account) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(
-            cafile=str(account.ca_file) if account.ca_file else None
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"account {account.name}: cannot load ca_file {account.ca_file}: {exc}"
-        ) from exc
-    if not account.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def describe_error(account: Account, exc: BaseException) -> str:
-    where = f"{account.host}:{account.port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return (
-            f"TLS certificate of {where} failed verification ({exc.verify_message}); "
-            "set ca_file to trust a private CA"
-        )
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {exc.reason or exc}"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve host {account.host!r}"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection to {where} refused"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return f"{where} did not answer within {account.timeout:g} s"
-    if isinstance(exc, imap_exc.LoginError):
-        said = _server_text(exc)
-        if _temporary(said):
-            return f"{where} refused the login for now, will retry: {said}"
-        return (
-            f"login to {where} as {account.username} failed (check username and password): {said}"
-        )
-    if isinstance(exc, imap_exc.IMAPClientAbortError | ConnectionError | EOFError):
-        return f"connection to {where} was lost: {exc or type(exc).__name__}"
-    return f"{where}: {type(exc).__name__}: {exc}"
-
-
-def _server_text(exc: BaseException) -> str:
-    """The server's words from an imapclient/imaplib error (bytes reprs unwrapped)."""
-    text = str(exc)
-    if text.startswith(("b'", 'b"')):
-        text = text[2:-1]
-    return " ".join(text.split())[:300]
-
-
-def _temporary(said: str) -> bool:
-    """A refusal that waiting cures (RFC 5530 codes, Gmail's [THROTTLED] and its
-    connection-limit [ALERT]), as opposed to refused credentials."""
-    if any(code in said for code in ("[UNAVAILABLE]", "[LIMIT]", "[INUSE]", "[THROTTLED]")):
-        return True
-    return "[ALERT]" in said and "simultaneous connections" in said.lower()
 
 
 class ImapMailbox(Mailbox):
@@ -128,7 +70,7 @@ class ImapMailbox(Mailbox):
         except MailboxError:
             raise
         except imap_exc.IMAPClientError as exc:
-            if isinstance(exc, imap_exc.LoginError) and not _temporary(_server_text(exc)):
+            if isinstance(exc, imap_exc.LoginError) and not temporary(server_text(exc)):
                 self._drop()
                 raise AuthError(
                     f"account {self.account}: {what}: {describe_error(self.settings, exc)}"
@@ -174,39 +116,12 @@ class ImapMailbox(Mailbox):
                 return
             except Exception:
                 self._drop()
-        account = self.settings
-        context = ssl_context(account) if account.tls != "none" else None
         with self._guard("connect"):
-            client = IMAPClient(
-                account.host or "",
-                port=account.port,
-                ssl=account.tls == "implicit",
-                ssl_context=context,
-                timeout=account.timeout,
-            )
-            try:
-                if account.tls == "starttls":
-                    client.starttls(context)
-                if account.oauth2 is not None:
-                    self._oauth_login(client)
-                else:
-                    client.login(account.username or "", account.password().get_secret_value())
-                caps = {
-                    c.decode().upper() if isinstance(c, bytes) else str(c).upper()
-                    for c in client.capabilities()
-                }
-                if "CONDSTORE" in caps and "ENABLE" in caps:
-                    client.enable("CONDSTORE")
-                listing = client.list_folders("", "")
-                if listing and listing[0][1]:
-                    delim = listing[0][1]
-                    self._delimiter = delim.decode() if isinstance(delim, bytes) else str(delim)
-            except BaseException:
-                with suppress(Exception):
-                    client.shutdown()
-                raise
-        self._client = client
+            session = connect(self.settings, self.tokens)
+        self._client = session.client
+        self._delimiter = session.delimiter
         self._selected = None
+        caps = session.capabilities
         self._caps = Capabilities(
             move="MOVE" in caps,
             uidplus="UIDPLUS" in caps,
@@ -215,50 +130,12 @@ class ImapMailbox(Mailbox):
             names=frozenset(caps),
         )
         log.debug("imap_connected", account=self.account, capabilities=sorted(caps))
-        if "X-GM-EXT-1" in caps and account.kind == "imap" and not self.read_only:
+        if "X-GM-EXT-1" in caps and self.settings.kind == "imap" and not self.read_only:
             log.info(
                 "gmail_detected",
                 account=self.account,
                 hint="kind: gmail files mail with labels and never expunges",
             )
-
-    def _oauth_login(self, client: IMAPClient) -> None:
-        """AUTHENTICATE with an access token; when the server refuses it (revoked, expired
-        early), refresh it and try exactly once more."""
-        assert self.tokens is not None
-        token = self.tokens.access_token()
-        refused = self._sasl(client, token)
-        if refused is None:
-            return
-        log.info("oauth_token_rejected", account=self.account, server_said=refused)
-        token = self.tokens.access_token(rejected=token)
-        refused = self._sasl(client, token)
-        if refused is not None:
-            raise imap_exc.LoginError(refused)
-
-    def _sasl(self, client: IMAPClient, token: str) -> str | None:
-        """One AUTHENTICATE exchange; None on success, else the server's words."""
-        assert self.settings.oauth2 is not None
-        mechanism = self.settings.oauth2.mechanism.upper()
-        responder = SaslResponder(
-            sasl_initial_response(
-                mechanism,
-                self.settings.username or "",
-                token,
-                self.settings.host or "",
-                self.settings.port or 0,
-            )
-        )
-        try:
-            # imaplib directly: imapclient's oauth2_login answers an error challenge with
-            # the token again instead of the empty response the mechanisms require.
-            client._imap.authenticate(mechanism, responder)
-        except imaplib.IMAP4.abort:
-            raise
-        except imaplib.IMAP4.error as exc:
-            detail = f" ({responder.error})" if responder.error else ""
-            return f"{_server_text(exc)}{detail}"
-        return None
 
     def abort(self) -> None:
         client = self._client

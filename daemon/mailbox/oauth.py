@@ -26,7 +26,7 @@ import structlog
 from daemon.config.settings import Account, OAuth2Settings
 from daemon.errors import AuthError, ConnectionLostError, ReauthorizeError
 
-log = structlog.get_logger("cleaninbox.oauth")
+log = structlog.get_logger(__name__)
 
 
 def sasl_initial_response(mechanism: str, user: str, token: str, host: str, port: int) -> bytes:

@@ -1,4 +1,4 @@
-"""The model bundle: the contract between training and the daemon (DESIGN.md section 2).
+"""The model bundle: the contract between training and the daemon (docs/architecture.md).
 
 A bundle is a directory holding ``model.onnx``, ``tokenizer.json``, ``manifest.json``,
 ``MODEL_CARD.md`` and ``report/``. The manifest lists the sha256 of every other file;

@@ -1,4 +1,4 @@
-"""Email to model input (DESIGN.md section 5).
+"""Email to model input (docs/architecture.md).
 
 One function, :func:`email_to_text`, used by the daemon, by ``cleaninbox classify`` on
 ``.eml`` files, by the HTTP API and by the evaluation that renders test queries as

@@ -23,10 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from daemon.config.settings import Settings, is_loopback
 from daemon.core.runtime import Runtime
 from daemon.metrics import Metrics
+from daemon.model.classifier import Classifier
 from daemon.model.text import email_to_text
 
 MAX_ITEMS = 256
-log = structlog.get_logger("cleaninbox.http")
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -151,37 +152,47 @@ def create_app(
 
     @app.post("/v1/classify", dependencies=[Depends(require_token)])
     def classify(request: ClassifyRequest) -> dict[str, Any]:
-        if not request.texts and not request.emails:
-            raise HTTPException(status_code=422, detail="give texts or emails")
-        inputs: list[str] = list(request.texts)
-        skipped: dict[int, str] = {}
-        for index, encoded in enumerate(request.emails, start=len(request.texts)):
-            try:
-                raw = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError):
-                raise HTTPException(
-                    status_code=422,
-                    detail=f"emails[{index - len(request.texts)}] is not valid base64",
-                ) from None
-            extracted = email_to_text(raw)
-            if extracted.skipped:
-                skipped[index] = extracted.skip_reason or "skipped"
-            inputs.append(extracted.text)
-        classifier = runtime.current.classifier
-        keep = [i for i in range(len(inputs)) if i not in skipped]
-        predictions = classifier.predict([inputs[i] for i in keep])
-        by_index = dict(zip(keep, predictions, strict=True))
-        results: list[dict[str, Any]] = []
-        for i in range(len(inputs)):
-            if i in skipped:
-                results.append({"skipped": skipped[i]})
-                continue
-            out = by_index[i].to_json()
-            out["top_k"] = out["top_k"][: request.top_k]
-            results.append(out)
-        return {"model": classifier.version, "predictions": results}
+        return answer(runtime.current.classifier, request)
 
     return app
+
+
+def _inputs(request: ClassifyRequest) -> tuple[list[str], dict[int, str]]:
+    """The model inputs of a request (texts, then emails) and why any email was skipped."""
+    if not request.texts and not request.emails:
+        raise HTTPException(status_code=422, detail="give texts or emails")
+    inputs: list[str] = list(request.texts)
+    skipped: dict[int, str] = {}
+    for index, encoded in enumerate(request.emails, start=len(request.texts)):
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPException(
+                status_code=422,
+                detail=f"emails[{index - len(request.texts)}] is not valid base64",
+            ) from None
+        extracted = email_to_text(raw)
+        if extracted.skipped:
+            skipped[index] = extracted.skip_reason or "skipped"
+        inputs.append(extracted.text)
+    return inputs, skipped
+
+
+def answer(classifier: Classifier, request: ClassifyRequest) -> dict[str, Any]:
+    """``POST /v1/classify``: one prediction (or skip reason) per input, in order."""
+    inputs, skipped = _inputs(request)
+    keep = [i for i in range(len(inputs)) if i not in skipped]
+    predictions = classifier.predict([inputs[i] for i in keep])
+    by_index = dict(zip(keep, predictions, strict=True))
+    results: list[dict[str, Any]] = []
+    for i in range(len(inputs)):
+        if i in skipped:
+            results.append({"skipped": skipped[i]})
+            continue
+        out = by_index[i].to_json()
+        out["top_k"] = out["top_k"][: request.top_k]
+        results.append(out)
+    return {"model": classifier.version, "predictions": results}
 
 
 def serve_in_thread(

@@ -24,13 +24,15 @@ import time
 from collections.abc import Callable
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from daemon.config.settings import Account
 from daemon.errors import CleanInboxError
 from daemon.mailbox.imap import ImapMailbox
 from daemon.metrics import Metrics
+from daemon.service.backoff import backoff_delay
 
-log = structlog.get_logger("cleaninbox.idle")
+log = structlog.get_logger(__name__)
 NEW_MAIL = (b"EXISTS", b"RECENT")
 STOP_CHECK = 1.0  # seconds: how often a waiting watcher looks at the stop flag
 
@@ -71,6 +73,10 @@ class IdleWatcher:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
+        with bound_contextvars(account=self.account.name, folder=self.folder):
+            self._run()
+
+    def _run(self) -> None:
         failures = 0
         up = self.metrics.idle_connected.labels(self.account.name, self.folder)
         while not self.stop.is_set():
@@ -80,13 +86,9 @@ class IdleWatcher:
             except CleanInboxError as exc:
                 up.set(0)
                 failures += 1
-                delay = min(self.backoff_max, 2.0 ** min(failures - 1, 8)) * random.uniform(
-                    0.8, 1.2
-                )
+                delay = backoff_delay(failures, 1.0, self.backoff_max, max_doublings=8)
                 log.error(
                     "idle_connect_failed",
-                    account=self.account.name,
-                    folder=self.folder,
                     error=str(exc),
                     failures=failures,
                     retry_in_seconds=round(delay, 1),
@@ -97,7 +99,7 @@ class IdleWatcher:
             up.set(1)
             if failures:
                 self.metrics.idle_reconnects.labels(self.account.name).inc()
-                log.info("idle_reconnected", account=self.account.name, folder=self.folder)
+                log.info("idle_reconnected")
             failures = 0
             self.wake("connected")  # catch up on whatever arrived while we were away
             try:
@@ -108,8 +110,6 @@ class IdleWatcher:
                 self.metrics.idle_reconnects.labels(self.account.name).inc()
                 log.warning(
                     "idle_link_lost",
-                    account=self.account.name,
-                    folder=self.folder,
                     error=str(exc),
                 )
                 self.wake("link lost")
@@ -152,8 +152,6 @@ class IdleWatcher:
                 return
             log.debug(
                 "idle_reissued",
-                account=account.name,
-                folder=self.folder,
                 reason="quiet link checked" if probe else "reissue interval",
             )
             self.mailbox.idle_start(self.folder)
