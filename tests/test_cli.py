@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from daemon.cli import main
 from daemon.model.samples import render_email
+from training.retrain import Example, RetrainResult, Scores
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,3 +197,77 @@ def test_models_list_promote_rollback(tiny_bundle: Path, tmp_path: Path) -> None
         "model.onnx has sha256",
     )
     assert (models / "current").resolve() == first.resolve()  # a bad bundle is never served
+
+
+def retrain_args(tmp_path: Path, corrections: Path, *extra: str) -> list[str]:
+    config = str(REPO / "configs/train-tiny.yaml")
+    models = str(tmp_path / "models")
+    return [
+        "retrain",
+        "--config",
+        config,
+        "--corrections",
+        str(corrections),
+        "--models-dir",
+        models,
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("outcome", ["promoted", "kept"])
+def test_retrain_prints_its_outcome_as_text_or_one_json_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    decided = RetrainResult(
+        "promoted" if outcome == "promoted" else "kept",
+        f"{outcome}: the reason",
+        champion="champion-v",
+        challenger="challenger-v",
+        champion_scores=Scores(0.91, 0.5),
+        challenger_scores=Scores(0.9, 0.8),
+        corrections_train=30,
+        corrections_holdout=10,
+        report=tmp_path / "report.json",
+    )
+    seen: list[object] = []
+
+    def fake_retrain(
+        config: object, examples: list[Example], models_dir: Path, **_kwargs: object
+    ) -> RetrainResult:
+        seen.append((examples, models_dir))
+        return decided
+
+    monkeypatch.setattr("training.retrain.retrain", fake_retrain)
+    corrections = tmp_path / "corrections.csv"
+    corrections.write_text("text,category,account\nwhere is my card,card_arrival,work\n")
+
+    text = run(*retrain_args(tmp_path, corrections))
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout == f"{outcome}: {outcome}: the reason\nreport: {tmp_path / 'report.json'}\n"
+    assert seen[0] == ([Example("where is my card", "card_arrival")], tmp_path / "models")
+
+    as_json = run(*retrain_args(tmp_path, corrections, "--json"))
+    assert as_json.exit_code == 0, as_json.stderr
+    (line,) = as_json.stdout.splitlines()
+    assert json.loads(line) == {
+        "outcome": outcome,
+        "reason": f"{outcome}: the reason",
+        "champion": "champion-v",
+        "challenger": "challenger-v",
+        "champion_scores": {"banking77_accuracy": 0.91, "holdout_accuracy": 0.5},
+        "challenger_scores": {"banking77_accuracy": 0.9, "holdout_accuracy": 0.8},
+        "corrections_train": 30,
+        "corrections_holdout": 10,
+        "report": str(tmp_path / "report.json"),
+    }
+    assert RetrainResult.from_json(line) == decided
+
+
+def test_retrain_json_reports_a_failure_as_one_object_too(tmp_path: Path) -> None:
+    result = run(*retrain_args(tmp_path, tmp_path / "missing.csv", "--json"))
+    assert_one_line_error(result, 2, "cannot read corrections")
+    (line,) = result.stdout.splitlines()
+    failed = RetrainResult.from_json(line)
+    assert failed.outcome == "failed"
+    assert failed.reason == result.stderr.strip().removeprefix("cleaninbox: error: ")
+    assert (failed.champion, failed.challenger, failed.report) == (None, None, None)

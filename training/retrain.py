@@ -13,25 +13,30 @@ promoted only if it proves better (champion/challenger with a gate).
    gets at least ``min_holdout_gain`` more held-out corrections right; otherwise the
    champion stays and the report says why. Every run writes
    ``models/retrain-reports/<time>.json`` and ``.md``.
+
+The run's outcome is a :class:`RetrainResult`, which also travels as one JSON object
+(``cleaninbox retrain --json``) to the daemon's scheduled job in another process.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from daemon.errors import ConfigError, DataError
 from daemon.model.bundle import load_manifest
 from daemon.model.classifier import Classifier
 from daemon.model.registry import current_version, promote
+from daemon.store.corrections_csv import Example, read_corrections_csv
+from daemon.store.state import StateStore
 from training.config import RetrainConfig, TrainConfig
 from training.data import Split, load_banking77, same_text_key
 
@@ -39,10 +44,7 @@ Log = Callable[[str], None]
 REPORTS = "retrain-reports"
 
 
-@dataclass(frozen=True)
-class Example:
-    text: str
-    label: str
+Outcome = Literal["promoted", "kept", "failed"]
 
 
 @dataclass(frozen=True)
@@ -53,28 +55,52 @@ class Scores:
 
 @dataclass(frozen=True)
 class RetrainResult:
-    promoted: bool
+    """What one run decided and on which figures. ``failed`` carries only the reason (the
+    run stopped before a decision); the others carry both models' versions and scores.
+    The daemon's scheduled job reads this back from ``cleaninbox retrain --json``, so the
+    outcome travels as data, not as the wording of a line."""
+
+    outcome: Outcome
     reason: str
-    champion: str
-    challenger: str
-    champion_scores: Scores
-    challenger_scores: Scores
-    corrections_train: int
-    corrections_holdout: int
-    report: Path
+    champion: str | None = None
+    challenger: str | None = None
+    champion_scores: Scores | None = None
+    challenger_scores: Scores | None = None
+    corrections_train: int = 0
+    corrections_holdout: int = 0
+    report: Path | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == "promoted"
+
+    @classmethod
+    def failed(cls, reason: str) -> RetrainResult:
+        return cls("failed", reason)
+
+    def to_json(self) -> str:
+        """One line of JSON (paths as strings, scores as objects)."""
+        return _RESULT_JSON.dump_json(self).decode()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RetrainResult:
+        """The result :meth:`to_json` wrote; a ``ValueError`` if ``text`` is not one."""
+        return _RESULT_JSON.validate_json(text)
 
 
-def read_corrections_csv(path: Path) -> list[Example]:
-    """A CSV with ``text`` and ``category`` columns (``cleaninbox feedback export``)."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"text", "category"} - set(reader.fieldnames or ())
-            if missing:
-                raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-            return [Example(row["text"], row["category"]) for row in reader]
-    except OSError as exc:
-        raise DataError(f"cannot read corrections {path}: {exc.strerror}") from exc
+_RESULT_JSON = TypeAdapter(RetrainResult)
+
+
+def load_corrections(csv_path: Path | None, state: Path | None) -> list[Example]:
+    """The corrections to learn from: the CSV when one is given (``cleaninbox feedback
+    export``, or a hand-made file), else those in the daemon's state database, read
+    without taking its lock so a running daemon is never in the way."""
+    if csv_path is not None:
+        return read_corrections_csv(csv_path)
+    if state is None:
+        raise ConfigError("no corrections to read: give a corrections CSV or a state database")
+    with StateStore(state, read_only=True, lock=False) as store:
+        return [Example(c.text, c.corrected) for c in store.corrections()]
 
 
 def prepare(
@@ -146,6 +172,64 @@ def gate(old: Scores, new: Scores, holdout: int, options: RetrainConfig) -> tupl
     return promoted, reason
 
 
+def _train_challenger(
+    config: TrainConfig,
+    models_dir: Path,
+    champion: str,
+    labels: Sequence[str],
+    train_part: Sequence[Example],
+    holdout: Sequence[Example],
+    log: Log,
+    train: Callable[..., Path],
+) -> tuple[Path, str]:
+    """The challenger bundle, trained on banking77 plus the weighted training corrections
+    (any banking77 text equal to a correction's dropped), and the sha256 of those
+    corrections (recorded in its manifest and the report)."""
+    weight = config.retrain.correction_weight
+    extra = Split(
+        [e.text for e in train_part] * weight,
+        [labels.index(e.label) for e in train_part] * weight,
+    )
+    digest = hashlib.sha256(
+        json.dumps([[e.text, e.label] for e in train_part]).encode()
+    ).hexdigest()
+    challenger_dir = train(
+        config,
+        models_dir,
+        log,
+        extra_train=extra,
+        replace_texts=[e.text for e in (*train_part, *holdout)],
+        parent_version=champion,
+        extra_metrics={
+            "corrections_train": len(train_part),
+            "corrections_weight": weight,
+            "corrections_sha256": digest,
+        },
+    )
+    return challenger_dir, digest
+
+
+def _score(
+    config: TrainConfig,
+    labels: Sequence[str],
+    holdout: Sequence[Example],
+    bundles: dict[str, Path],
+) -> tuple[dict[str, Scores], int]:
+    """Each bundle's scores on the same banking77 test split and the same held-out
+    corrections, and the size of that test split."""
+    test = load_banking77(config.data, config.train.seed).test
+    test_labels = [labels[i] for i in test.labels]
+    holdout_texts, holdout_labels = [e.text for e in holdout], [e.label for e in holdout]
+    scores = {
+        name: Scores(
+            _accuracy(path, test.texts, test_labels),
+            _accuracy(path, holdout_texts, holdout_labels),
+        )
+        for name, path in bundles.items()
+    }
+    return scores, len(test)
+
+
 def retrain(
     config: TrainConfig,
     examples: Sequence[Example],
@@ -154,6 +238,8 @@ def retrain(
     log: Log = print,
     train: Callable[..., Path] | None = None,
 ) -> RetrainResult:
+    """One champion/challenger round (see the module docstring). Promoted or kept, the
+    result says why; a problem before the decision is raised as a ``CleanInboxError``."""
     from training.pipeline import train as pipeline_train
 
     train = train or pipeline_train
@@ -168,36 +254,12 @@ def retrain(
         f"retrain: champion {champion}; {len(train_part)} corrections to train on "
         f"(x{options.correction_weight}), {len(holdout)} held out"
     )
-    extra = Split(
-        [e.text for e in train_part] * options.correction_weight,
-        [labels.index(e.label) for e in train_part] * options.correction_weight,
+    challenger_dir, digest = _train_challenger(
+        config, models_dir, champion, labels, train_part, holdout, log, train
     )
-    digest = hashlib.sha256(
-        json.dumps([[e.text, e.label] for e in train_part]).encode()
-    ).hexdigest()
-    challenger_dir = train(
-        config,
-        models_dir,
-        log,
-        extra_train=extra,
-        replace_texts=[e.text for e in (*train_part, *holdout)],
-        parent_version=champion,
-        extra_metrics={
-            "corrections_train": len(train_part),
-            "corrections_weight": options.correction_weight,
-            "corrections_sha256": digest,
-        },
+    scores, test_size = _score(
+        config, labels, holdout, {"champion": champion_dir, "challenger": challenger_dir}
     )
-    test = load_banking77(config.data, config.train.seed).test
-    test_labels = [labels[i] for i in test.labels]
-    holdout_texts, holdout_labels = [e.text for e in holdout], [e.label for e in holdout]
-    scores = {
-        name: Scores(
-            _accuracy(path, test.texts, test_labels),
-            _accuracy(path, holdout_texts, holdout_labels),
-        )
-        for name, path in (("champion", champion_dir), ("challenger", challenger_dir))
-    }
     old, new = scores["champion"], scores["challenger"]
     promoted, reason = gate(old, new, len(holdout), options)
     if promoted:
@@ -212,7 +274,7 @@ def retrain(
             "champion": champion,
             "challenger": challenger_dir.name,
             "scores": {k: asdict(v) for k, v in scores.items()},
-            "banking77_test_size": len(test),
+            "banking77_test_size": test_size,
             "corrections": {
                 "distinct": len(train_part) + len(holdout),
                 "train": len(train_part),
@@ -229,7 +291,7 @@ def retrain(
         },
     )
     return RetrainResult(
-        promoted,
+        "promoted" if promoted else "kept",
         reason,
         champion,
         challenger_dir.name,

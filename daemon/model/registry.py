@@ -116,3 +116,20 @@ def rollback(models_dir: Path) -> Manifest:
         if record.get("version") == current and record.get("previous"):
             return promote(models_dir, str(record["previous"]), reason=f"rollback from {current}")
     raise ConfigError(f"nothing to roll back: {current} has no recorded predecessor")
+
+
+def publish(source: Path, target: Path) -> Manifest:
+    """Copy the one bundle in ``source`` (a training output directory) to ``target``,
+    verifying every file's sha256 before and after, so a published bundle is exactly the
+    one that was trained (the pipeline's export stage). ``target`` is replaced."""
+    import shutil
+
+    bundles = [p for p in sorted(source.iterdir()) if (p / MANIFEST_NAME).is_file()]
+    if len(bundles) != 1:
+        raise ConfigError(f"{source}: expected exactly one bundle, found {len(bundles)}")
+    manifest = load_manifest(bundles[0], verify=True)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(bundles[0], target, ignore=shutil.ignore_patterns(".*"))
+    load_manifest(target, verify=True)
+    return manifest

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import random
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import stamina
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
+from structlog.contextvars import bound_contextvars
 
 from daemon.config.settings import Account, Settings
 from daemon.core.cycle import CycleReport, Mode, Progress, Triage
@@ -33,12 +33,13 @@ from daemon.errors import AuthError, ConnectionLostError, MailboxError
 from daemon.mailbox import Mailbox
 from daemon.mailbox.oauth import token_source
 from daemon.metrics import Metrics
+from daemon.service.backoff import backoff_delay
 from daemon.service.faults import open_mailbox_with_hooks
 from daemon.service.http import Health, create_app, serve_in_thread
 from daemon.service.idle import STOP_CHECK, IdleWatcher
 from daemon.store.state import StateStore
 
-log = structlog.get_logger("cleaninbox.service")
+log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds a running cycle gets to finish after SIGTERM
 
 
@@ -99,6 +100,10 @@ class Service:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _job(self, name: str) -> None:
+        with bound_contextvars(account=name):
+            self._run_job(name)
+
+    def _run_job(self, name: str) -> None:
         if self.stop.is_set():
             return
         self.runtime.check_for_new_model()
@@ -112,7 +117,7 @@ class Service:
         except Exception as exc:  # a bug must not kill the scheduler thread
             self.health.failed(name, f"{type(exc).__name__}: {exc}")
             self.metrics.errors.labels(name, "internal").inc()
-            log.exception("cycle_crashed", account=name)
+            log.exception("cycle_crashed")
             self._schedule_backoff(name, exc)
             return
         self._backoff[name].failures = 0
@@ -120,7 +125,6 @@ class Service:
         self.metrics.auth_failed.labels(name).set(0)
         log.info(
             "cycle",
-            account=name,
             new=report.new,
             acted=report.acted,
             abstained=report.abstained,
@@ -135,11 +139,9 @@ class Service:
         state = self._backoff[name]
         state.failures += 1
         interval = self.settings.interval(self.settings.account(name))
-        delay = min(self.settings.backoff_max, interval * 2 ** min(state.failures - 1, 10))
-        delay *= random.uniform(0.8, 1.2)
+        delay = backoff_delay(state.failures, interval, self.settings.backoff_max)
         log.error(
             "cycle_failed",
-            account=name,
             error=str(exc),
             failures=state.failures,
             retry_in_seconds=round(delay, 1),
@@ -199,7 +201,9 @@ class Service:
     def retrain(self) -> str:
         """Run ``cleaninbox retrain`` in a separate, low-priority process (torch never loads
         into the daemon, and triage keeps its threads); a promoted model is then picked up
-        by the model watcher like any other. Returns promoted, kept or failed."""
+        by the model watcher like any other. The child prints its typed result
+        (:class:`training.retrain.RetrainResult`) as one JSON line with ``--json``, also
+        when it fails. Returns promoted, kept or failed."""
         schedule = self.settings.retrain
         assert schedule is not None
         nice = shutil.which("nice")
@@ -209,6 +213,7 @@ class Service:
             "-m",
             "daemon.cli",
             "retrain",
+            "--json",
             "--config",
             str(schedule.config),
             "--state",
@@ -229,12 +234,18 @@ class Service:
         except subprocess.TimeoutExpired:
             outcome, detail = "failed", f"took longer than {schedule.timeout_hours:g} h"
         else:
-            # Success: the first stdout line says promoted/kept and why; failure: the
-            # last stderr line is the error.
-            if result.returncode == 0:
-                detail = (result.stdout.strip().splitlines() or ["no output"])[0]
-                outcome = "promoted" if detail.startswith("promoted") else "kept"
-            else:
+            # Imported here, not at the top: the daemon never loads training code at import
+            # time, and this module of it is light (no torch).
+            from training.retrain import RetrainResult
+
+            lines = result.stdout.strip().splitlines()
+            try:
+                parsed = RetrainResult.from_json(lines[-1]) if lines else None
+            except ValueError:
+                parsed = None
+            if parsed is not None and (parsed.outcome == "failed") == (result.returncode != 0):
+                outcome, detail = parsed.outcome, parsed.reason
+            else:  # it died before printing a result: the last stderr line says why
                 outcome = "failed"
                 detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         self.metrics.retrains.labels(outcome).inc()

@@ -3,7 +3,7 @@ logistic-regression head, ~20 s a model): the daemon files mail in a real Doveco
 second client corrects it by moving messages, `cleaninbox retrain` trains a challenger on
 banking77 + those corrections and the gate decides both ways: the useful corrections are
 promoted (and served by the running daemon's registry), the same texts with shuffled
-labels are refused.
+labels are refused. Both runs report their outcome as the typed result (`--json`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from daemon.config.settings import load_settings
 from daemon.model.registry import current_version
 from daemon.service.supervisor import Service
 from tests.mail_fixtures import ENV, MailUser, cli, email, mid
+from training.retrain import RetrainResult
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = {
@@ -146,11 +147,19 @@ def test_corrections_retrain_and_the_gate_both_ways(
             str(shuffled),
             "--models-dir",
             str(models),
+            "--json",
         ],
         workdir,
-    )
-    assert refused.stdout.startswith("kept:"), refused.stdout
-    assert "not better on the held-out corrections" in refused.stdout
+    )  # a kept champion is a decision, not a failure: exit status 0
+    kept = RetrainResult.from_json(refused.stdout)
+    assert kept.outcome == "kept", refused.stdout
+    assert "not better on the held-out corrections" in kept.reason
+    assert kept.champion == promoted
+    assert kept.challenger not in (None, promoted)
+    assert kept.champion_scores is not None and kept.challenger_scores is not None
+    assert kept.corrections_holdout > 0
+    assert kept.report is not None and kept.report.is_file()
+    assert json.loads(kept.report.read_text())["promoted"] is False
     assert current_version(models) == promoted
     listing = run(["models", "list", "--models-dir", str(models), "--json"], workdir).stdout
     versions = [json.loads(line) for line in listing.splitlines()]

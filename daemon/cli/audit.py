@@ -1,0 +1,179 @@
+"""Commands for whoever looks back at what the daemon did: ``history`` (the audit log),
+``undo``, ``feedback export`` (the user's corrections as a dataset) and ``backup``.
+
+They read the state database without taking the daemon's lock (``undo`` excepted: it
+writes), so they work while the daemon runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from daemon.cli.common import (
+    Group,
+    config_options,
+    dry_run_option,
+    json_option,
+    limit_option,
+    load_settings,
+    path_option,
+)
+from daemon.errors import ConfigError
+
+if TYPE_CHECKING:
+    from daemon.mailbox import Mailbox
+
+
+def since_iso(value: str | None) -> str | None:
+    """``--since`` as the audit log's timestamps: a duration (``2h``, ``7d``) back from
+    now, or an ISO date/time (UTC when it has no zone)."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    from daemon.core.undo import parse_duration
+    from daemon.core.undo import since_iso as iso_ago
+    from daemon.store.records import iso_utc
+
+    if value[-1:].isalpha() and value[:-1].strip().isdigit():
+        return iso_ago(parse_duration(value))
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--since {value!r} is neither an ISO date nor a duration") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return iso_utc(parsed)
+
+
+@click.command()
+@config_options
+@click.option("--account", default=None)
+@click.option("--since", default=None, help="ISO date/time, or a duration like 2h or 7d.")
+@json_option()
+@limit_option()
+def history(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    account: str | None,
+    since: str | None,
+    as_json: bool,
+    limit: int | None,
+) -> None:
+    """Show the audit log of decisions."""
+    from daemon.store.state import StateStore
+
+    settings = load_settings(config_path, overrides)
+    since_at = since_iso(since)
+    with StateStore(settings.state, read_only=True, lock=False) as store:
+        rows = store.history(account=account, since=since_at, limit=limit)
+    for d in rows:
+        if as_json:
+            click.echo(json.dumps(d.to_json()))
+            continue
+        conf = f"{d.confidence:.2f}" if d.confidence is not None else "-"
+        click.echo(
+            f"{d.id:>6} {d.created_at} {d.account}/{d.folder} uid {d.uid} "
+            f"{d.intent or '-'} {conf} {d.action or '-'} [{d.status}]"
+            f"{' ' + d.reason if d.reason else ''}"
+        )
+
+
+@click.group(cls=Group)
+def feedback() -> None:
+    """Corrections learned from the user's moves (accounts with feedback: true)."""
+
+
+@feedback.command("export")
+@path_option(
+    "--output",
+    required=True,
+    help="CSV file to write (banking77 columns text,category plus provenance).",
+)
+@click.option("--account", default=None, help="Only this account's corrections.")
+@config_options
+def feedback_export(
+    output: Path, account: str | None, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Write the recorded corrections as a dataset for `cleaninbox retrain`."""
+    from daemon.store.corrections_csv import write_corrections_csv
+    from daemon.store.state import StateStore
+
+    settings = load_settings(config_path, overrides)
+    with StateStore(settings.state, read_only=True, lock=False) as store:
+        rows = store.corrections(account)
+    written = write_corrections_csv(output, rows)
+    click.echo(f"{written} correction(s) written to {output}")
+
+
+@click.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@config_options
+def backup(target: Path, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Copy the state database (audit log, positions) to TARGET, safely while the daemon
+    runs. Restore: stop the daemon, put the copy in place of the state file, start it."""
+    from daemon.store.state import StateStore
+
+    settings = load_settings(config_path, overrides)
+    with StateStore(settings.state, read_only=True, lock=False) as store:
+        size = store.backup(target)
+    click.echo(f"state {settings.state} backed up to {target} ({size:,} bytes)")
+
+
+@click.command()
+@config_options
+@click.option(
+    "--since", "since_duration", default=None, help="Undo decisions of the last 2h, 1d..."
+)
+@click.option("--decision", "decision_id", type=int, default=None, help="Undo one decision.")
+@dry_run_option("Show what would be undone.")
+def undo(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    since_duration: str | None,
+    decision_id: int | None,
+    dry_run: bool,
+) -> None:
+    """Put messages back where they were, using the audit log."""
+    from daemon.core.undo import parse_duration, undoable
+    from daemon.core.undo import since_iso as iso_ago
+    from daemon.core.undo import undo as run_undo
+    from daemon.service.faults import open_mailbox_with_hooks as open_mailbox
+    from daemon.store.state import StateStore
+
+    if (since_duration is None) == (decision_id is None):
+        raise ConfigError("give exactly one of --since DURATION or --decision ID")
+    settings = load_settings(config_path, overrides)
+    since = iso_ago(parse_duration(since_duration)) if since_duration else None
+    boxes: dict[str, Mailbox] = {}
+
+    def mailbox_for(name: str) -> Mailbox:
+        if name not in boxes:
+            boxes[name] = open_mailbox(settings.account(name))
+            boxes[name].open()
+        return boxes[name]
+
+    with StateStore(settings.state) as store:
+        todo = undoable(store, since=since, decision_id=decision_id)
+        try:
+            results = run_undo(store, todo, mailbox_for, dry_run=dry_run)
+        finally:
+            for box in boxes.values():
+                box.close()
+    for r in results:
+        click.echo(
+            f"{r.decision.id:>6} {r.decision.account}/{r.decision.folder} "
+            f"{r.decision.message_id or '-'}: {r.status}: {r.detail}"
+        )
+    click.echo(
+        f"{sum(r.status == 'done' for r in results)} undone, "
+        f"{sum(r.status == 'failed' for r in results)} failed"
+        f"{', dry run' if dry_run else ''}"
+    )
+    if any(r.status == "failed" for r in results):
+        sys.exit(1)

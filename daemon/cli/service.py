@@ -1,0 +1,224 @@
+"""Commands for whoever runs the daemon: ``run``, ``once``, ``backfill``, ``auth`` and
+``check-config``, plus the per-account summary table that ``once``, ``backfill`` and the
+demo print.
+
+Each command is a thin layer over :class:`~daemon.service.supervisor.Service` and the
+service's checks; the service is imported only when a command runs, so ``--help`` stays
+quick.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from daemon.cli.common import (
+    config_options,
+    dry_run_option,
+    limit_option,
+    load_settings,
+    open_service,
+)
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
+
+    from daemon.core.cycle import CycleReport
+    from daemon.service.supervisor import Service
+
+
+@click.command()
+@config_options
+@dry_run_option()
+def run(config_path: Path | None, overrides: tuple[str, ...], dry_run: bool) -> None:
+    """Run the daemon until SIGTERM."""
+    settings = load_settings(config_path, overrides)
+    service = open_service(settings, dry_run)
+    sys.exit(service.run())
+
+
+def print_summary(reports: Mapping[str, CycleReport], dry_run: bool) -> None:
+    """One row per account: what the cycle did, and its error or notes."""
+    click.echo(
+        f"{'account':<16} {'new':>6} {'moved':>6} {'tagged':>6} {'left':>6} "
+        f"{'abstain':>7} {'skipped':>7} {'failed':>6} {'seconds':>8}  status"
+    )
+    for name, r in reports.items():
+        left = r.actions.get("none", 0)
+        click.echo(
+            f"{name:<16} {r.new:>6} {r.actions.get('move', 0):>6} "
+            f"{r.actions.get('tag', 0) + r.actions.get('copy', 0):>6} {left:>6} "
+            f"{r.abstained:>7} {r.skipped:>7} {r.failed:>6} {r.seconds:>8.2f}  "
+            f"{'error: ' + r.error if r.error else ('dry run' if dry_run else 'ok')}"
+        )
+        for note in r.notes:
+            click.echo(f"  note: {note}")
+        if r.intents:
+            top = ", ".join(f"{k} {v}" for k, v in r.intents.most_common(5))
+            click.echo(f"  top intents: {top}")
+
+
+@click.command()
+@config_options
+@dry_run_option()
+@click.option("--timings", is_flag=True, help="Also print where the time went, by stage.")
+def once(
+    config_path: Path | None, overrides: tuple[str, ...], dry_run: bool, timings: bool
+) -> None:
+    """One cycle over every account, then exit (prints a summary table)."""
+    import time
+
+    settings = load_settings(config_path, overrides)
+    service = open_service(settings, dry_run)
+    started = time.perf_counter()
+    try:
+        reports = service.once()
+    finally:
+        service.close()
+    wall = time.perf_counter() - started
+    print_summary(reports, service.dry_run)
+    if timings:
+        _print_timings(service, reports, wall)
+    if any(r.error for r in reports.values()):
+        sys.exit(1)
+
+
+def _print_timings(service: Service, reports: Mapping[str, CycleReport], wall: float) -> None:
+    """Where ``wall`` seconds went, by triage stage (``once --timings``)."""
+    from daemon.metrics import STAGES
+
+    stage = {s: service.triage.stage_seconds[s] for s in STAGES}
+    decided = sum(r.decided for r in reports.values())
+    click.echo(
+        f"timings: {wall:.2f} s wall, {decided} messages, "
+        f"{decided / wall if wall else 0:.1f} messages/s"
+    )
+    for name, seconds in stage.items():
+        click.echo(f"  {name:<9} {seconds:8.2f} s  {seconds / wall * 100 if wall else 0:5.1f}%")
+    other = wall - sum(stage.values())
+    click.echo(f"  {'other':<9} {other:8.2f} s  {other / wall * 100 if wall else 0:5.1f}%")
+
+
+@click.command()
+@click.argument("account")
+@config_options
+@click.option("--no-browser", is_flag=True, help="Only print the address to open.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the browser to come back.",
+)
+def auth(
+    account: str,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    no_browser: bool,
+    timeout: float,
+) -> None:
+    """Authorise ACCOUNT with OAuth2 (Google, Microsoft, or any provider) and save its
+    refresh token to oauth2.refresh_token_file."""
+    from daemon.mailbox.authflow import authorize
+
+    settings = load_settings(config_path, overrides)
+    where = authorize(
+        settings.account(account),
+        open_browser=not no_browser,
+        timeout=timeout,
+        say=lambda line: click.echo(line, nl=True),
+    )
+    click.echo(f"refresh token saved to {where}; the daemon uses it from its next login")
+
+
+@click.command("check-config")
+@config_options
+@click.option("--connect", is_flag=True, help="Also log in to every account.")
+def check_config(config_path: Path | None, overrides: tuple[str, ...], connect: bool) -> None:
+    """Validate settings, the model bundle and the rules (and with --connect, logins)."""
+    from daemon.core.runtime import load
+    from daemon.service.checks import check_logins
+
+    settings = load_settings(config_path, overrides)
+    loaded = load(settings)
+    click.echo(f"settings ok: {len(settings.accounts)} account(s)")
+    click.echo(
+        f"model ok: {loaded.classifier.version} ({len(loaded.classifier.labels)} labels, "
+        f"abstain below {loaded.classifier.threshold:.3f})"
+    )
+    click.echo(
+        f"rules ok: {settings.rules} ({len(loaded.rules.spec.rules)} rules, folders: "
+        f"{', '.join(sorted(loaded.rules.folders())) or 'none'})"
+    )
+    if not connect:
+        return
+    failures = 0
+    for check in check_logins(settings.accounts):
+        if check.capabilities is None:
+            failures += 1
+            click.echo(f"cleaninbox: error: {check.error}", err=True)
+            continue
+        caps = check.capabilities
+        click.echo(
+            f"account {check.account} ok: MOVE {'yes' if caps.move else 'no'}, "
+            f"UIDPLUS {'yes' if caps.uidplus else 'no'}, "
+            f"CONDSTORE {'yes' if caps.condstore else 'no'}"
+        )
+    if failures:
+        sys.exit(2)
+
+
+class _BarProgress:
+    """Backfill's progress (told the total as folders are counted) on a click bar."""
+
+    def __init__(self, bar: ProgressBar[int]) -> None:
+        self.bar = bar
+
+    def total(self, count: int) -> None:
+        self.bar.length = (self.bar.length or 0) + count
+
+    def advance(self, count: int) -> None:
+        self.bar.update(count)
+
+
+@click.command()
+@config_options
+@click.option("--account", required=True, help="Account to backfill.")
+@click.option("--since", default=None, help="Only mail delivered on/after YYYY-MM-DD.")
+@limit_option("At most N messages.")
+@dry_run_option()
+def backfill(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    account: str,
+    since: str | None,
+    limit: int | None,
+    dry_run: bool,
+) -> None:
+    """Triage mail that was already there when CleanInbox started."""
+    from datetime import date
+
+    from daemon.core.cycle import Mode
+    from daemon.errors import ConfigError
+
+    if since is not None:
+        try:
+            date.fromisoformat(since)
+        except ValueError:
+            raise ConfigError(f"--since {since!r} is not a date like 2026-01-31") from None
+    settings = load_settings(config_path, overrides)
+    settings.account(account)
+    service = open_service(settings, dry_run)
+    mode = Mode(dry_run=service.dry_run, backfill=True, since=since, limit=limit)
+    try:
+        with click.progressbar(
+            length=0, label=f"backfill {account}", file=sys.stderr, show_pos=True
+        ) as bar:
+            report = service.cycle(account, mode, progress=_BarProgress(bar))
+    finally:
+        service.close()
+    print_summary({account: report}, service.dry_run)
