@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export BANKING77_DIR ?= $(abspath data/banking77)
 
-.PHONY: venv system-deps lint typecheck test demo train train-tiny bench clean
+.PHONY: venv system-deps lint typecheck test test-fast demo train train-tiny bench clean
 
 system-deps:
 	@command -v dovecot >/dev/null 2>&1 || { \
@@ -40,6 +40,11 @@ typecheck: venv
 
 test: system-deps venv lint typecheck
 	$(BIN)/pytest -q
+
+# The quick loop: lint, types, unit tests and the in-process triage core (tests/core); no
+# Dovecot, no training run (tests marked dovecot, slow or trains are left to `make test`).
+test-fast: venv lint typecheck
+	$(BIN)/pytest -q -m "not dovecot and not slow and not trains"
 
 demo: venv
 	$(BIN)/cleaninbox demo

@@ -67,9 +67,21 @@ _POSIX_FILES = {
 }
 
 
+# "trains" marks tests that run a training: those that need the tiny bundle (directly or
+# through another fixture; the first of them in a session pays for the run) and the modules
+# that train models themselves (sweeps, tracking back ends, `dvc repro`). `make test-fast`
+# deselects them.
+_TRAINING_FIXTURES = {"tiny_bundle", "bundle_copy"}
+_TRAINING_FILES = {"test_sweep.py", "test_tracking.py", "test_dvc_pipeline.py"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
+        if path.name in _TRAINING_FILES or _TRAINING_FIXTURES & set(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.trains)
         if any(part in _MAIL_SERVER_DIRS for part in path.parts):
             item.add_marker(pytest.mark.dovecot)
             item.add_marker(pytest.mark.posix)
