@@ -170,6 +170,7 @@ class Target:
 
     uid: int
     plan: Plan
+    message_id: str | None = None
 
 
 def apply_plans(
@@ -177,14 +178,19 @@ def apply_plans(
     folder: str,
     targets: Sequence[Target],
     on_error: Callable[[str], None] = lambda _kind: None,
-) -> dict[int, str]:
-    """Apply plans in few commands; returns the reason for each UID that failed.
+) -> dict[int, str | None]:
+    """Apply plans in few commands; returns the reason for each UID that failed, or None
+    where what the server did is not known (the decision stays pending for recovery).
 
     Flags first (one STORE per distinct set), then copies, then each destination's moves
     together with the flags of the messages that go there. Messages another client moved
     or deleted since they were fetched are not acted on (:data:`VANISHED`). A lost
     connection propagates: the journal keeps those decisions pending for recovery.
     ``on_error(kind)`` is told of every failed command (flag, copy or move).
+
+    Without MOVE, a move is COPY, STORE \\Deleted, UID EXPUNGE: when a step after the COPY
+    is refused, the copy is taken back (:func:`_take_back`) so that a failed move leaves
+    the message where it was, once.
     """
     flagged_here: dict[tuple[str, ...], list[Target]] = defaultdict(list)
     copies: dict[str, list[Target]] = defaultdict(list)
@@ -199,14 +205,14 @@ def apply_plans(
         if plan.move:
             moves[plan.move].append(target)
     present = mailbox.existing(folder, [t.uid for t in targets])
-    failed = {t.uid: VANISHED for t in targets if t.uid not in present}
+    failed: dict[int, str | None] = {t.uid: VANISHED for t in targets if t.uid not in present}
 
     def attempt(
         kind: str, where: str, group: list[Target], run: Callable[[list[int]], None]
-    ) -> None:
+    ) -> list[int]:
         live = [t.uid for t in group if t.uid not in failed]
         if not live:
-            return
+            return []
         try:
             run(live)
         except ConnectionLostError:
@@ -214,6 +220,8 @@ def apply_plans(
         except MailboxError as exc:
             on_error(kind)
             failed.update(dict.fromkeys(live, f"{kind} {where} failed: {exc}"))
+            return live
+        return []
 
     for flags, group in flagged_here.items():
         attempt("flag", " ".join(flags), group, partial(_flag, mailbox, folder, list(flags)))
@@ -221,7 +229,17 @@ def apply_plans(
         attempt("copy", destination, group, partial(mailbox.copy, folder, destination=destination))
     for destination, group in moves.items():
         carried = {t.uid: [] if t.plan.copies else t.plan.flags for t in group}
-        attempt("move", destination, group, partial(_move, mailbox, folder, destination, carried))
+        refused = attempt(
+            "move", destination, group, partial(_move, mailbox, folder, destination, carried)
+        )
+        if refused and not mailbox.capabilities.move:
+            for target in (t for t in group if t.uid in refused):
+                try:
+                    _take_back(mailbox, folder, destination, target)
+                except ConnectionLostError:
+                    raise
+                except MailboxError:
+                    failed[target.uid] = None  # in two places, maybe: recovery settles it
     return failed
 
 
@@ -234,6 +252,26 @@ def _move(
 ) -> None:
     """Move ``uids`` with the flags each carries (none for messages flagged before copying)."""
     mailbox.tag_and_move(folder, {u: carried[u] for u in uids}, destination)
+
+
+def _take_back(mailbox: Mailbox, folder: str, destination: str, target: Target) -> None:
+    """Undo the part of a COPY + delete move that happened: the source's \\Deleted flag
+    first (the original is whole again), then our copy in ``destination`` (at or above the
+    UIDNEXT recorded before acting). A copy whose deletion is refused keeps no \\Deleted
+    flag, so that recovery, finding it, can finish the move instead."""
+    if target.message_id is None:
+        return  # cannot be found again; the decision says the move failed
+    if "\\Deleted" not in target.plan.flags_before:
+        mailbox.remove_flags(folder, [target.uid], ["\\Deleted"])
+    floor = target.plan.dest_uidnext.get(destination, 0)
+    ours = [u for u in mailbox.find_message_id(destination, target.message_id) if u >= floor]
+    try:
+        mailbox.delete(destination, ours)
+    except ConnectionLostError:
+        raise
+    except MailboxError:
+        mailbox.remove_flags(destination, ours, ["\\Deleted"])
+        raise
 
 
 # -- settle: recovery, one journaled plan after a crash -------------------------------------
@@ -286,9 +324,12 @@ def settle(mailbox: Mailbox, at: Journaled, plan: Plan) -> Settled:
             found = found[:1]
         return found
 
-    if plan.move and ours(plan.move):
+    arrived = ours(plan.move) if plan.move else []
+    if plan.move and arrived:
         if present:
             mailbox.delete(at.folder, present)
+            if "\\Deleted" not in plan.flags_before:  # a refused take-back may have left it
+                mailbox.remove_flags(plan.move, arrived, ["\\Deleted"])
             return Settled(
                 "completed",
                 True,
@@ -349,3 +390,17 @@ def revert(mailbox: Mailbox, at: Journaled, plan: Plan) -> str:
         mailbox.move(where, [uid], at.folder)
         return f"moved back from {plan.move} to {at.folder}"
     return f"removed {', '.join(added) or 'nothing'} in {at.folder}"
+
+
+def reverted(mailbox: Mailbox, at: Journaled, plan: Plan) -> bool:
+    """Whether a plan's move was already put back: the message is in its source folder
+    and no copy of ours is left in the destination (an undo interrupted after its move)."""
+    if not plan.move or not at.message_id:
+        return False
+    back = mailbox.folder_exists(at.folder) and mailbox.find_message_id(at.folder, at.message_id)
+    if not back:
+        return False
+    if not mailbox.folder_exists(plan.move):
+        return True
+    floor = plan.dest_uidnext.get(plan.move, 0)
+    return not [u for u in mailbox.find_message_id(plan.move, at.message_id) if u >= floor]

@@ -405,20 +405,27 @@ class Triage:
             failed = apply_plans(
                 mailbox,
                 folder,
-                [Target(i.message.uid, i.plan) for i in acting if i.plan is not None],
+                [
+                    Target(i.message.uid, i.plan, i.text.message_id)
+                    for i in acting
+                    if i.plan is not None
+                ],
                 on_error=lambda kind: self.accounting.error(account.name, f"action_{kind}"),
             )
         for item in acting:
             assert item.plan is not None
             if item.message.uid in failed:
-                item.status, item.reason = "failed", failed[item.message.uid]
-                continue
+                reason = failed[item.message.uid]
+                if reason is not None:
+                    item.status, item.reason = "failed", reason
+                continue  # else still pending: recovery settles it next cycle
             item.status = "done"
             self.accounting.acted(account.name, item.plan)
             if item.plan.move and item.text.message_id:
                 arrivals.expect(item.plan.move, item.decision_id, item.text.message_id)
+        finished = [i for i in acting if i.status != "pending"]
         with self._state() as store:
-            store.finish_each([(i.decision_id, i.status, i.reason) for i in acting])
+            store.finish_each([(i.decision_id, i.status, i.reason) for i in finished])
 
     @staticmethod
     def _new_decision(

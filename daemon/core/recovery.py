@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from daemon.core.accounting import Accounting
-from daemon.core.actions import VANISHED, Journaled, Plan, settle
+from daemon.core.actions import VANISHED, Journaled, Plan, reverted, settle
 from daemon.mailbox.base import FolderStatus, Mailbox
 from daemon.store.base import Store
 from daemon.store.records import Decision, FolderState, Status
@@ -83,12 +83,19 @@ class Recovery:
             )
         return len(pending)
 
-    @staticmethod
-    def _settle(mailbox: Mailbox, decision: Decision) -> tuple[str, Status, str]:
-        if decision.kind != "triage":  # an undo: the user runs it again
-            return "interrupted", "failed", "interrupted before it finished; run it again"
+    def _settle(self, mailbox: Mailbox, decision: Decision) -> tuple[str, Status, str]:
+        if decision.kind == "undo":
+            return self._settle_undo(mailbox, decision)
         settled = settle(mailbox, Journaled.of(decision), Plan.of(decision))
         return settled.outcome, "done" if settled.done else "failed", settled.reason
+
+    def _settle_undo(self, mailbox: Mailbox, undo: Decision) -> tuple[str, Status, str]:
+        """An interrupted undo is done if its message is already back where it came from
+        (the move back is its last step); otherwise the user runs it again."""
+        triage = self.store.get(undo.undo_of) if undo.undo_of is not None else None
+        if triage is not None and reverted(mailbox, Journaled.of(triage), Plan.of(triage)):
+            return "completed", "done", "completed after restart: the message was moved back"
+        return "interrupted", "failed", "interrupted before it finished; run it again"
 
     def verify_arrivals(self, account: str, mailbox: Mailbox, arrivals: Arrivals) -> int:
         """Mark moved messages that did not arrive as failed; returns how many."""

@@ -11,6 +11,7 @@ import pytest
 
 from daemon.errors import ConnectionLostError, MailboxError
 from tests.core.conftest import MakeWorld
+from tests.core.harness import mid
 from tests.core.invariants import Expect, check
 from tests.core.memory import Fault, Faults
 from tests.core.scenario import deliver, expected
@@ -18,25 +19,10 @@ from tests.core.test_recovery import BATCH, COMMANDS, PATHS
 
 POINTS = [(kind, n) for kind in PATHS for n in range(1, COMMANDS[kind] + 1)]
 # Without MOVE a move is COPY, STORE \Deleted, UID EXPUNGE. When the server refuses the
-# STORE or the EXPUNGE after the COPY worked, the decision is recorded as failed ("left
-# where it was") although the message is now also in the destination (and, when only the
-# EXPUNGE was refused, marked \Deleted in INBOX): two places, and a failed decision is
-# never reconciled. These are the STOREs of \Deleted and the EXPUNGEs of the mixed cycle.
-DUPLICATED_BY_REFUSED_DELETE = {("copy", n) for n in (24, 25, 27, 28, 37, 38, 45, 46)}
-REFUSED_POINTS = [
-    pytest.param(
-        kind,
-        n,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="daemon bug: a refused delete after the COPY of a COPY+delete move "
-            "records 'failed' while the message is in the destination as well",
-        ),
-    )
-    if (kind, n) in DUPLICATED_BY_REFUSED_DELETE
-    else (kind, n)
-    for kind, n in POINTS
-]
+# STORE or the EXPUNGE after the COPY worked, the copy is taken back and \Deleted removed,
+# so the failed decision's "left where it was" is true (these points once left the message
+# in two places).
+REFUSED_POINTS = POINTS
 REFUSED = re.compile(r"^(flag|copy|move) .+ failed: .*injected MailboxError")
 
 
@@ -101,3 +87,26 @@ def test_failed_move_is_recorded_with_the_servers_words(make_world: MakeWorld) -
         ),
     }
     check(world, originals, want)
+
+
+def test_a_move_whose_copy_cannot_be_taken_back_is_settled_by_recovery(
+    make_world: MakeWorld,
+) -> None:
+    """Without MOVE: the EXPUNGE after the COPY is refused, and so is taking the copy back.
+    The message may be in two places, so the decision is neither done nor failed: it stays
+    pending, and the next cycle's recovery finishes the move (removes the source copy)."""
+    world = make_world("copy")
+    originals = deliver(world, ["card"])
+    world.mailbox.faults.planned += [
+        Fault(1, "UID EXPUNGE", error=MailboxError),  # the move's
+        Fault(2, "UID EXPUNGE", error=MailboxError),  # the take-back's, in the destination
+    ]
+    world.mailbox.faults.sent.clear()
+    report = world.cycle()
+    assert (report.failed, report.acted) == (0, 0)
+    (pending,) = world.store.pending()
+    assert pending.message_id == mid("card")
+    world.settle()
+    (decision,) = world.store.history(kind="triage")
+    assert decision.status == "done" and "completed after restart" in (decision.reason or "")
+    check(world, originals, expected("copy", ["card"]))
