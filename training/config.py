@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
@@ -72,6 +72,11 @@ class ModelConfig(_Section):
     )
 
 
+def _augment_share(what: str) -> Any:
+    """An augmentation setting: the share (0 to 1, default none) of training texts ``what``."""
+    return Field(default=0.0, ge=0, le=1, description=f"Share of training texts {what}")
+
+
 class TrainerConfig(_Section):
     seed: int = 42
     threads: int | None = Field(default=None, description="torch intra-op threads (None: all).")
@@ -84,22 +89,12 @@ class TrainerConfig(_Section):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     early_stopping_patience: int = Field(default=2, ge=1)
-    email_augment_fraction: float = Field(
-        default=0.0, ge=0, le=1, description="Share of training texts rendered as emails."
+    email_augment_fraction: float = _augment_share("rendered as emails.")
+    noise_augment_fraction: float = _augment_share(
+        "perturbed each epoch (typos, contractions, filler words, lower case without punctuation)."
     )
-    noise_augment_fraction: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="Share of training texts perturbed each epoch (typos, contractions, "
-        "filler words, lower case without punctuation).",
-    )
-    long_email_augment_fraction: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="Share of training texts seen inside a longer email of greetings and "
-        "context sentences that carry no intent.",
+    long_email_augment_fraction: float = _augment_share(
+        "seen inside a longer email of greetings and context sentences that carry no intent."
     )
     paraphrases: bool = Field(
         default=False,

@@ -10,6 +10,7 @@ import csv
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,38 +63,52 @@ def read_categories(path: Path) -> list[str]:
     return names
 
 
-def read_csv(path: Path, label_names: list[str]) -> Split:
-    """Read one banking77 CSV (columns ``text,category``), checking every row."""
-    index = {name: i for i, name in enumerate(label_names)}
-    texts: list[str] = []
-    labels: list[int] = []
+def read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Every row of a CSV that must have ``columns`` (one of them ``text``, never empty):
+    the one reader of banking77 and the robustness sets, so both refuse a bad file with
+    the same DataError naming the file (and line)."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            missing = [c for c in (TEXT_COLUMN, LABEL_COLUMN) if c not in columns]
+            found = reader.fieldnames or []
+            missing = [c for c in columns if c not in found]
             if missing:
                 raise DataError(
-                    f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(columns)}"
-                    if columns
-                    else f"{path}: empty file, expected columns text,category"
+                    f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(found)}"
+                    if found
+                    else f"{path}: empty file, expected columns {','.join(columns)}"
                 )
-            for line, row in enumerate(reader, start=2):
-                text = (row.get(TEXT_COLUMN) or "").strip()
-                label = (row.get(LABEL_COLUMN) or "").strip()
-                if not text:
-                    raise DataError(f"{path}:{line}: empty text")
-                if label not in index:
-                    raise DataError(f"{path}:{line}: unknown category {label!r}")
-                texts.append(text)
-                labels.append(index[label])
+            rows = list(reader)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from exc
-    if not texts:
-        raise DataError(f"{path}: no rows")
+    for line, row in enumerate(rows, start=2):
+        if not (row.get(TEXT_COLUMN) or "").strip():
+            raise DataError(f"{path}:{line}: empty text")
+    return rows
+
+
+def read_labelled(path: Path, label_names: Sequence[str]) -> Split:
+    """A CSV of ``text,category`` rows as a Split, every category checked."""
+    index = {name: i for i, name in enumerate(label_names)}
+    texts: list[str] = []
+    labels: list[int] = []
+    for line, row in enumerate(read_rows(path, (TEXT_COLUMN, LABEL_COLUMN)), start=2):
+        label = (row.get(LABEL_COLUMN) or "").strip()
+        if label not in index:
+            raise DataError(f"{path}:{line}: unknown category {label!r}")
+        texts.append(row[TEXT_COLUMN].strip())
+        labels.append(index[label])
     return Split(texts, labels)
+
+
+def read_csv(path: Path, label_names: list[str]) -> Split:
+    """Read one banking77 CSV (columns ``text,category``), checking every row."""
+    split = read_labelled(path, label_names)
+    if not split.texts:
+        raise DataError(f"{path}: no rows")
+    return split
 
 
 def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:

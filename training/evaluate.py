@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,13 @@ from training import report
 from training.config import DataConfig
 from training.data import load_banking77
 from training.robustness import evaluate_sets, load_robustness
+
+
+def email_texts(queries: Sequence[str], seed: int) -> list[str]:
+    """``queries`` rendered as emails (drawn with ``seed``), then through the daemon's
+    text recipe: what the model sees of a real message asking the same."""
+    rng = random.Random(seed)
+    return [email_to_text(render_email(q, rng)).text for q in queries]
 
 
 def evaluate_bundle(
@@ -47,25 +55,23 @@ def evaluate_bundle(
     out: dict[str, Any] = {
         "bundle": classifier.version,
         "examples": len(test),
-        "accuracy": metrics["accuracy"],
-        "macro_f1": metrics["macro_f1"],
-        "coverage": metrics["coverage"],
-        "selective_accuracy": metrics["selective_accuracy"],
-        "ece_calibrated": metrics["ece_calibrated"],
+        "accuracy": metrics.accuracy,
+        "macro_f1": metrics.macro_f1,
+        "coverage": metrics.coverage,
+        "selective_accuracy": metrics.selective_accuracy,
+        "ece_calibrated": metrics.ece_calibrated,
     }
     if emails:
-        rng = random.Random(seed + 1)
-        texts = [email_to_text(render_email(q, rng)).text for q in test.texts]
         email_metrics = report.classification_metrics(
-            classifier.logits(texts),
+            classifier.logits(email_texts(test.texts, seed + 1)),
             test.labels,
             dataset.label_names,
             temperature,
             threshold,
             classifier.out_of_scope_threshold,
         )
-        out["email_accuracy"] = email_metrics["accuracy"]
-        out["email_macro_f1"] = email_metrics["macro_f1"]
+        out["email_accuracy"] = email_metrics.accuracy
+        out["email_macro_f1"] = email_metrics.macro_f1
     scores = None
     if data.robustness_dir is not None:
         robust = load_robustness(data.robustness_dir, dataset.label_names)
@@ -73,33 +79,16 @@ def evaluate_bundle(
         out["robustness"] = {name: s.to_json() for name, s in scores.items()}
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
-        if scores is not None:
-            report.plot_risk_coverage(
-                {k: v.curve for k, v in scores.items()}, report_dir / "risk_coverage.png"
-            )
-        names = dataset.label_names
-        report.plot_confusion(logits, test.labels, names, report_dir / "confusion_matrix.png")
-        report.plot_reliability(
-            logits, test.labels, temperature, report_dir / "reliability.png", len(names)
-        )
-        report.plot_coverage(
+        report.write_report(
+            report_dir,
+            test,
             logits,
-            test.labels,
-            temperature,
-            threshold,
-            report_dir / "coverage_accuracy.png",
-            len(names),
+            dataset.label_names,
+            (temperature, threshold),
+            metrics,
+            metrics.to_json(),
+            samples=6,
+            seed=seed,
+            curves=None if scores is None else {k: v.curve for k, v in scores.items()},
         )
-        samples = sorted(random.Random(seed).sample(range(len(test)), min(6, len(test))))
-        report.plot_top5(
-            test.texts,
-            logits,
-            test.labels,
-            names,
-            temperature,
-            samples,
-            report_dir / "top5_samples.png",
-        )
-        report.write_per_class(metrics, report_dir / "per_class.csv")
-        report.write_json(metrics, report_dir / "metrics.json")
     return out

@@ -189,48 +189,14 @@ def quantise_per_token(source: Path, target: Path, keep_fp32: Sequence[str]) -> 
             nodes.append(node)
             continue
         x, weight_name = node.input
-        y = node.output[0]
         tag = node.name.strip("/").replace("/", "_")
-        weight = numpy_helper.to_array(inits[weight_name]).astype(np.float32)
-        w_scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0).astype(np.float32)
-        w_int8 = np.clip(np.round(weight / w_scale), -127, 127).astype(np.int8)
+        w_int8, w_scale = _int8_columns(numpy_helper.to_array(inits[weight_name]))
         graph.initializer.extend([_const(f"{tag}_w8", w_int8), _const(f"{tag}_ws", w_scale)])
         if x not in quantised_inputs:  # Q, K and V share their input: quantise it once
             q = f"{x.strip('/').replace('/', '_')}_q"
-            nodes += [
-                helper.make_node("Abs", [x], [f"{q}_abs"], name=f"{q}_abs"),
-                helper.make_node(
-                    "ReduceMax",
-                    [f"{q}_abs"],
-                    [f"{q}_amax"],
-                    axes=[-1],
-                    keepdims=1,
-                    name=f"{q}_amax",
-                ),
-                helper.make_node("Max", [f"{q}_amax", "q_eps"], [f"{q}_amax1"], name=f"{q}_max"),
-                helper.make_node("Mul", [f"{q}_amax1", "q_inv127"], [f"{q}_s"], name=f"{q}_s"),
-                helper.make_node("Div", [x, f"{q}_s"], [f"{q}_div"], name=f"{q}_div"),
-                helper.make_node("Round", [f"{q}_div"], [f"{q}_rnd"], name=f"{q}_rnd"),
-                helper.make_node("Add", [f"{q}_rnd", "q_offset"], [f"{q}_off"], name=f"{q}_off"),
-                helper.make_node(
-                    "Clip", [f"{q}_off", "q_low", "q_high"], [f"{q}_clip"], name=f"{q}_clip"
-                ),
-                helper.make_node(
-                    "Cast", [f"{q}_clip"], [f"{q}_u8"], to=onnx.TensorProto.UINT8, name=f"{q}_u8"
-                ),
-            ]
+            nodes += _per_token_uint8(x, q)
             quantised_inputs[x] = (f"{q}_u8", f"{q}_s")
-        x8, x_scale = quantised_inputs[x]
-        nodes += [
-            helper.make_node(
-                "MatMulInteger", [x8, f"{tag}_w8", "q_zero"], [f"{tag}_i32"], name=f"{tag}_mmi"
-            ),
-            helper.make_node(
-                "Cast", [f"{tag}_i32"], [f"{tag}_f32"], to=onnx.TensorProto.FLOAT, name=f"{tag}_f32"
-            ),
-            helper.make_node("Mul", [f"{tag}_f32", x_scale], [f"{tag}_xs"], name=f"{tag}_xs"),
-            helper.make_node("Mul", [f"{tag}_xs", f"{tag}_ws"], [y], name=f"{tag}_ws"),
-        ]
+        nodes += _int8_matmul(tag, *quantised_inputs[x], node.output[0])
         rewritten += 1
     del graph.node[:]
     graph.node.extend(nodes)
@@ -241,6 +207,48 @@ def quantise_per_token(source: Path, target: Path, keep_fp32: Sequence[str]) -> 
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
     return rewritten
+
+
+def _int8_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights with one scale per output column, and the scales."""
+    weight = weight.astype(np.float32)
+    w_scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0).astype(np.float32)
+    w_int8 = np.clip(np.round(weight / w_scale), -127, 127).astype(np.int8)
+    return w_int8, w_scale
+
+
+def _per_token_uint8(x: str, q: str) -> list[onnx.NodeProto]:
+    """Nodes turning activation ``x`` into ``{q}_u8`` (uint8, zero point 128) with one
+    scale per token, ``{q}_s`` (see :func:`quantise_per_token`)."""
+    return [
+        helper.make_node("Abs", [x], [f"{q}_abs"], name=f"{q}_abs"),
+        helper.make_node(
+            "ReduceMax", [f"{q}_abs"], [f"{q}_amax"], axes=[-1], keepdims=1, name=f"{q}_amax"
+        ),
+        helper.make_node("Max", [f"{q}_amax", "q_eps"], [f"{q}_amax1"], name=f"{q}_max"),
+        helper.make_node("Mul", [f"{q}_amax1", "q_inv127"], [f"{q}_s"], name=f"{q}_s"),
+        helper.make_node("Div", [x, f"{q}_s"], [f"{q}_div"], name=f"{q}_div"),
+        helper.make_node("Round", [f"{q}_div"], [f"{q}_rnd"], name=f"{q}_rnd"),
+        helper.make_node("Add", [f"{q}_rnd", "q_offset"], [f"{q}_off"], name=f"{q}_off"),
+        helper.make_node("Clip", [f"{q}_off", "q_low", "q_high"], [f"{q}_clip"], name=f"{q}_clip"),
+        helper.make_node(
+            "Cast", [f"{q}_clip"], [f"{q}_u8"], to=onnx.TensorProto.UINT8, name=f"{q}_u8"
+        ),
+    ]
+
+
+def _int8_matmul(tag: str, x8: str, x_scale: str, y: str) -> list[onnx.NodeProto]:
+    """``y = MatMulInteger(x8, {tag}_w8) * x_scale * {tag}_ws``: the rewritten MatMul."""
+    return [
+        helper.make_node(
+            "MatMulInteger", [x8, f"{tag}_w8", "q_zero"], [f"{tag}_i32"], name=f"{tag}_mmi"
+        ),
+        helper.make_node(
+            "Cast", [f"{tag}_i32"], [f"{tag}_f32"], to=onnx.TensorProto.FLOAT, name=f"{tag}_f32"
+        ),
+        helper.make_node("Mul", [f"{tag}_f32", x_scale], [f"{tag}_xs"], name=f"{tag}_xs"),
+        helper.make_node("Mul", [f"{tag}_xs", f"{tag}_ws"], [y], name=f"{tag}_ws"),
+    ]
 
 
 def quantise(source: Path, target: Path, config: ExportConfig, keep_fp32: Sequence[str]) -> None:

@@ -90,28 +90,34 @@ def bucketed_batches(
 
 
 @torch.no_grad()
+def _batched(
+    model: IntentClassifier,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int,
+    width: int,
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> FloatArray:
+    """``forward`` (the model, or its pooled embedding) over length-bucketed batches, in
+    eval mode, rows back in the order of ``ids``."""
+    model.eval()
+    out = np.zeros((len(ids), width), dtype=np.float32)
+    for batch in bucketed_batches([len(r) for r in ids], batch_size, None):
+        input_ids, mask = pad([ids[i] for i in batch], pad_id)
+        out[batch] = forward(input_ids, mask).float().numpy()
+    return out
+
+
 def predict_logits(
     model: IntentClassifier, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 128
 ) -> FloatArray:
-    model.eval()
-    out = np.zeros((len(ids), model.head.out_features), dtype=np.float32)
-    for batch in bucketed_batches([len(r) for r in ids], batch_size, None):
-        input_ids, mask = pad([ids[i] for i in batch], pad_id)
-        out[batch] = model(input_ids, mask).float().numpy()
-    return out
+    return _batched(model, ids, pad_id, batch_size, model.head.out_features, model)
 
 
-@torch.no_grad()
 def embeddings(
     model: IntentClassifier, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 128
 ) -> FloatArray:
-    model.eval()
-    hidden = int(model.head.in_features)
-    out = np.zeros((len(ids), hidden), dtype=np.float32)
-    for batch in bucketed_batches([len(r) for r in ids], batch_size, None):
-        input_ids, mask = pad([ids[i] for i in batch], pad_id)
-        out[batch] = model.embed(input_ids, mask).float().numpy()
-    return out
+    return _batched(model, ids, pad_id, batch_size, int(model.head.in_features), model.embed)
 
 
 def init_head_from_probe(
@@ -254,6 +260,101 @@ class _Loop:
         return running / max(1, len(batches))
 
 
+@dataclass
+class _Epochs:
+    """Runs training passes and records each one: validation accuracy, the history, the
+    ``on_epoch`` callback, the log line."""
+
+    loop: _Loop
+    val_ids: list[list[int]]
+    val_labels: Sequence[int]
+    history: list[EpochRecord]
+    on_epoch: Callable[[EpochRecord], None] | None
+    log: Callable[[str], None]
+
+    def accuracy(self, model: IntentClassifier) -> float:
+        return accuracy(predict_logits(model, self.val_ids, self.loop.pad_id), self.val_labels)
+
+    def run(
+        self,
+        model: IntentClassifier,
+        step: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR],
+        number: int,
+        name: tuple[str, int],
+        note: str = "",
+    ) -> EpochRecord:
+        """Epoch ``number`` of the history; ``name`` is (what the log calls it, how many
+        the phase has), ``note`` qualifies its validation accuracy."""
+        started = time.perf_counter()
+        loss = self.loop.epoch(model, step[0], step[1], f"{name[0]}/{name[1]}")
+        record = EpochRecord(number, loss, self.accuracy(model), time.perf_counter() - started)
+        self.history.append(record)
+        if self.on_epoch is not None:
+            self.on_epoch(record)
+        self.log(
+            f"{name[0]}: loss {loss:.4f}, validation accuracy {note}{record.val_accuracy:.4f} "
+            f"({record.seconds:.0f} s)"
+        )
+        return record
+
+
+def _probe(
+    model: IntentClassifier,
+    loop: _Loop,
+    train_labels: Sequence[int],
+    augment: Augmenter | None,
+) -> None:
+    """Initialise the head from a logistic-regression probe on frozen embeddings."""
+    config = loop.config
+    probe_ids, probe_labels = loop.train_ids, list(train_labels)
+    if augment is not None and augment.fraction > 0:
+        # The probe also sees a share of the texts as the daemon will: rendered as emails.
+        rng = random.Random(config.seed + 1)
+        texts = loop.train_texts
+        extra = [i for i in range(len(texts)) if rng.random() < augment.fraction]
+        probe_ids = loop.train_ids + encode(
+            loop.tokenizer, [augment.forced(texts[i], rng) for i in extra], loop.max_length
+        )
+        probe_labels = probe_labels + [train_labels[i] for i in extra]
+    init_head_from_probe(model, probe_ids, probe_labels, loop.pad_id, config.probe_c, config.seed)
+
+
+def _fine_tune(model: IntentClassifier, epochs: _Epochs, result: FitResult) -> None:
+    """``config.epochs`` of full fine-tuning; keeps the best epoch's weights (early stopping)."""
+    config = epochs.loop.config
+    step = epochs.loop.optimiser(model, config.encoder_lr, config.head_lr, config.epochs)
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    for epoch in range(1, config.epochs + 1):
+        record = epochs.run(model, step, epoch, (f"epoch {epoch}", config.epochs))
+        if record.val_accuracy > result.best_val_accuracy:
+            result.best_val_accuracy = record.val_accuracy
+            result.best_epoch = epoch
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if stale >= config.early_stopping_patience:
+                epochs.log(f"early stopping: no improvement for {stale} epochs")
+                break
+    model.load_state_dict(best_state)
+
+
+def _int8_aware(model: IntentClassifier, epochs: _Epochs, result: FitResult) -> None:
+    """``config.qat_epochs`` of fine-tuning under simulated int8 (see training/qat.py)."""
+    from training.qat import fake_quantised
+
+    config = epochs.loop.config
+    lr = config.qat_encoder_lr
+    step = epochs.loop.optimiser(model, lr, lr, config.qat_epochs)
+    with fake_quantised(model.encoder):
+        for epoch in range(1, config.qat_epochs + 1):
+            name = (f"int8-aware epoch {epoch}", config.qat_epochs)
+            epochs.run(model, step, config.epochs + epoch, name, "(int8-rounded) ")
+    result.best_val_accuracy = epochs.accuracy(model)
+    epochs.log(f"after int8-aware fine-tuning: validation accuracy {result.best_val_accuracy:.4f}")
+
+
 def fit(
     model: IntentClassifier,
     tokenizer: Tokenizer,
@@ -274,90 +375,29 @@ def fit(
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    train_ids = encode(tokenizer, train_texts, max_length)
-    val_ids = encode(tokenizer, val_texts, max_length)
-    probe_ids, probe_labels = train_ids, list(train_labels)
-    if augment is not None and augment.fraction > 0:
-        # The probe also sees a share of the texts as the daemon will: rendered as emails.
-        rng = random.Random(config.seed + 1)
-        extra = [i for i in range(len(train_texts)) if rng.random() < augment.fraction]
-        probe_ids = train_ids + encode(
-            tokenizer, [augment.forced(train_texts[i], rng) for i in extra], max_length
-        )
-        probe_labels = probe_labels + [train_labels[i] for i in extra]
-    init_head_from_probe(model, probe_ids, probe_labels, pad_id, config.probe_c, config.seed)
-    initial_state = copy.deepcopy(model.state_dict()) if config.wise_alpha is not None else None
-    probe_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
-    log(f"linear probe: validation accuracy {probe_acc:.4f}")
-    if on_epoch is not None:  # step 0: the probe-initialised head, before fine-tuning
-        on_epoch(EpochRecord(0, float("nan"), probe_acc, time.perf_counter() - started))
-    result = FitResult(model, probe_acc, 0, probe_acc, initial_state=initial_state)
     loop = _Loop(
         tokenizer,
         pad_id,
         max_length,
         train_texts,
-        train_ids,
+        encode(tokenizer, train_texts, max_length),
         torch.tensor(list(train_labels), dtype=torch.long),
         config,
         augment,
         random.Random(config.seed),
     )
-
+    val_ids = encode(tokenizer, val_texts, max_length)
+    epochs = _Epochs(loop, val_ids, val_labels, [], on_epoch, log)
+    _probe(model, loop, train_labels, augment)
+    initial_state = copy.deepcopy(model.state_dict()) if config.wise_alpha is not None else None
+    probe_acc = epochs.accuracy(model)
+    log(f"linear probe: validation accuracy {probe_acc:.4f}")
+    if on_epoch is not None:  # step 0: the probe-initialised head, before fine-tuning
+        on_epoch(EpochRecord(0, float("nan"), probe_acc, time.perf_counter() - started))
+    result = FitResult(model, probe_acc, 0, probe_acc, epochs.history, initial_state=initial_state)
     if config.epochs > 0:
-        optimizer, scheduler = loop.optimiser(
-            model, config.encoder_lr, config.head_lr, config.epochs
-        )
-        best_state = copy.deepcopy(model.state_dict())
-        stale = 0
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.perf_counter()
-            loss = loop.epoch(model, optimizer, scheduler, f"epoch {epoch}/{config.epochs}")
-            val_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
-            record = EpochRecord(epoch, loss, val_acc, time.perf_counter() - epoch_start)
-            result.history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
-            log(
-                f"epoch {epoch}: loss {loss:.4f}, validation accuracy {val_acc:.4f} "
-                f"({record.seconds:.0f} s)"
-            )
-            if val_acc > result.best_val_accuracy:
-                result.best_val_accuracy = val_acc
-                result.best_epoch = epoch
-                best_state = copy.deepcopy(model.state_dict())
-                stale = 0
-            else:
-                stale += 1
-                if stale >= config.early_stopping_patience:
-                    log(f"early stopping: no improvement for {stale} epochs")
-                    break
-        model.load_state_dict(best_state)
-
+        _fine_tune(model, epochs, result)
     if config.qat_epochs > 0:
-        from training.qat import fake_quantised
-
-        optimizer, scheduler = loop.optimiser(
-            model, config.qat_encoder_lr, config.qat_encoder_lr, config.qat_epochs
-        )
-        with fake_quantised(model.encoder):
-            for epoch in range(1, config.qat_epochs + 1):
-                epoch_start = time.perf_counter()
-                loss = loop.epoch(
-                    model, optimizer, scheduler, f"int8-aware epoch {epoch}/{config.qat_epochs}"
-                )
-                val_acc = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
-                record = EpochRecord(
-                    config.epochs + epoch, loss, val_acc, time.perf_counter() - epoch_start
-                )
-                result.history.append(record)
-                if on_epoch is not None:
-                    on_epoch(record)
-                log(
-                    f"int8-aware epoch {epoch}: loss {loss:.4f}, validation accuracy "
-                    f"(int8-rounded) {val_acc:.4f} ({record.seconds:.0f} s)"
-                )
-        result.best_val_accuracy = accuracy(predict_logits(model, val_ids, pad_id), val_labels)
-        log(f"after int8-aware fine-tuning: validation accuracy {result.best_val_accuracy:.4f}")
+        _int8_aware(model, epochs, result)
     result.seconds = time.perf_counter() - started
     return result

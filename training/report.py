@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,11 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
+from daemon.model.bundle import OutOfScope
 from daemon.model.classifier import softmax
 from training.calibration import coverage_curve, expected_calibration_error
+from training.data import Split
+from training.metrics import ClassificationMetrics, ClassScores, TrainMetrics
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -37,7 +42,7 @@ def classification_metrics(
     temperature: float,
     threshold: float,
     oos_threshold: float | None = None,
-) -> dict[str, Any]:
+) -> ClassificationMetrics:
     """Intent-level scores (the best intent is what the daemon serves) and, at the
     thresholds, coverage and accuracy of what is acted on."""
     truth = np.asarray(labels)
@@ -53,29 +58,43 @@ def classification_metrics(
     kept = conf >= threshold
     if oos_threshold is not None and logits.shape[1] > n:
         kept &= softmax(logits, temperature)[:, n] < oos_threshold
-    return {
-        "examples": len(truth),
-        "accuracy": float(correct.mean()),
-        "macro_f1": float(
+    return ClassificationMetrics(
+        examples=len(truth),
+        accuracy=float(correct.mean()),
+        macro_f1=float(
             f1_score(
                 truth, pred, labels=list(range(len(label_names))), average="macro", zero_division=0
             )
         ),
-        "ece_uncalibrated": expected_calibration_error(raw_conf, correct),
-        "ece_calibrated": expected_calibration_error(conf, correct),
-        "abstain_threshold": threshold,
-        "coverage": float(kept.mean()),
-        "selective_accuracy": float(correct[kept].mean()) if kept.any() else 0.0,
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
+        ece_uncalibrated=expected_calibration_error(raw_conf, correct),
+        ece_calibrated=expected_calibration_error(conf, correct),
+        abstain_threshold=threshold,
+        coverage=float(kept.mean()),
+        selective_accuracy=float(correct[kept].mean()) if kept.any() else 0.0,
+        per_class={
+            name: ClassScores(
+                precision=float(precision[i]),
+                recall=float(recall[i]),
+                f1=float(f1[i]),
+                support=int(support[i]),
+            )
             for i, name in enumerate(label_names)
         },
-    }
+    )
+
+
+def _finish(
+    fig: Any, ax: Any, path: Path, axes: tuple[str, str], title: str, legend: str | None = None
+) -> None:
+    """Label, save and close a one-panel figure: every report figure ends the same way."""
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(loc=legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_confusion(
@@ -88,13 +107,14 @@ def plot_confusion(
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
     ax.set_yticks(range(len(names)), names, fontsize=5)
-    ax.set_xlabel("predicted intent")
-    ax.set_ylabel("true intent")
-    ax.set_title("Confusion matrix (test, rows normalised)")
     fig.colorbar(image, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(
+        fig,
+        ax,
+        path,
+        ("predicted intent", "true intent"),
+        "Confusion matrix (test, rows normalised)",
+    )
 
 
 def plot_reliability(
@@ -120,13 +140,7 @@ def plot_reliability(
         ece = expected_calibration_error(conf, correct, bins)
         ax.plot(centres, accs, marker="o", label=f"{name} (ECE {ece:.3f})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Reliability diagram (test)")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, ("confidence", "accuracy"), "Reliability diagram (test)", "upper left")
 
 
 def plot_coverage(
@@ -151,14 +165,9 @@ def plot_coverage(
         zorder=3,
         label=f"abstain threshold {threshold:.2f}",
     )
-    ax.set_xlabel("coverage (share of messages not abstained)")
-    ax.set_ylabel("accuracy on covered messages")
-    ax.set_title("Coverage vs accuracy (test)")
     ax.set_ylim(max(0.0, float(np.nanmin(accuracy)) - 0.02), 1.001)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes = ("coverage (share of messages not abstained)", "accuracy on covered messages")
+    _finish(fig, ax, path, axes, "Coverage vs accuracy (test)", "lower left")
 
 
 def plot_risk_coverage(curves: dict[str, list[tuple[float, float]]], path: Path) -> None:
@@ -167,13 +176,11 @@ def plot_risk_coverage(curves: dict[str, list[tuple[float, float]]], path: Path)
     for name, curve in curves.items():
         if curve:
             ax.plot([c for c, _ in curve], [r for _, r in curve], label=name)
-    ax.set_xlabel("coverage (share acted on, most confident first)")
-    ax.set_ylabel("risk (share of those acted on that are wrong)")
-    ax.set_title("Risk vs coverage by evaluation set")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes = (
+        "coverage (share acted on, most confident first)",
+        "risk (share of those acted on that are wrong)",
+    )
+    _finish(fig, ax, path, axes, "Risk vs coverage by evaluation set", "upper left")
 
 
 def plot_top5(
@@ -207,19 +214,13 @@ def plot_top5(
     plt.close(fig)
 
 
-def write_per_class(metrics: dict[str, Any], path: Path) -> None:
+def write_per_class(metrics: ClassificationMetrics, path: Path) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["intent", "precision", "recall", "f1", "support"])
-        for name, row in metrics["per_class"].items():
+        for name, row in metrics.per_class.items():
             writer.writerow(
-                [
-                    name,
-                    f"{row['precision']:.4f}",
-                    f"{row['recall']:.4f}",
-                    f"{row['f1']:.4f}",
-                    row["support"],
-                ]
+                [name, f"{row.precision:.4f}", f"{row.recall:.4f}", f"{row.f1:.4f}", row.support]
             )
 
 
@@ -227,15 +228,116 @@ def write_json(data: Any, path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def write_report(
+    report_dir: Path,
+    test: Split,
+    logits: FloatArray,
+    names: Sequence[str],
+    calibration: tuple[float, float],
+    scores: ClassificationMetrics,
+    metrics_json: Any,
+    *,
+    samples: int,
+    seed: int,
+    curves: Mapping[str, list[tuple[float, float]]] | None = None,
+) -> None:
+    """The figures, ``per_class.csv`` and ``metrics.json`` of a report directory: one
+    writer for the training run's ``report/`` and ``cleaninbox evaluate --report``, so
+    both always hold the same files. ``calibration`` is (temperature, abstain threshold);
+    ``curves`` (risk against coverage per robustness set) adds ``risk_coverage.png``;
+    ``samples`` test texts drawn with ``seed`` get a top-5 plot."""
+    temperature, threshold = calibration
+    if curves is not None:
+        plot_risk_coverage(dict(curves), report_dir / "risk_coverage.png")
+    plot_confusion(logits, test.labels, names, report_dir / "confusion_matrix.png")
+    plot_reliability(logits, test.labels, temperature, report_dir / "reliability.png", len(names))
+    plot_coverage(
+        logits,
+        test.labels,
+        temperature,
+        threshold,
+        report_dir / "coverage_accuracy.png",
+        len(names),
+    )
+    chosen = sorted(random.Random(seed).sample(range(len(test)), min(samples, len(test))))
+    top5 = report_dir / "top5_samples.png"
+    plot_top5(test.texts, logits, test.labels, names, temperature, chosen, top5)
+    write_per_class(scores, report_dir / "per_class.csv")
+    write_json(metrics_json, report_dir / "metrics.json")
+
+
 def pct(value: float) -> str:
     return f"{value * 100:.2f}%"
 
 
-def _robustness_section(metrics: dict[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class CardFacts:
+    """What MODEL_CARD.md says about the bundle beyond its metrics."""
+
+    version: str
+    base_model: str
+    onnx: str  # e.g. "int8, per-token activation scales, 22.9 MB"
+    max_length: int
+    text_recipe: str
+    temperature: float
+    threshold: float
+    target_accuracy: float
+    out_of_scope: OutOfScope | None
+    data_sha256: Mapping[str, str]
+    train_seconds: float
+    hardware: str
+
+
+def _model_section(card: CardFacts) -> list[str]:
+    oos = card.out_of_scope
+    return [
+        "## Model",
+        f"- Base model: `{card.base_model}`; masked mean pooling, L2 norm, linear head "
+        "initialised from a logistic-regression probe, then fine-tuned (LP-FT).",
+        f"- Served as `model.onnx` ({card.onnx}), max_length {card.max_length} tokens, "
+        f"input text recipe `{card.text_recipe}`.",
+        f"- Calibration: temperature {card.temperature:.3f}; abstain below confidence "
+        f"{card.threshold:.3f}"
+        + (
+            f', or as out of scope at a "none of these" probability of {oos.threshold:.3f}'
+            if oos
+            else ""
+        )
+        + (
+            " (chosen on validation, the development set and out-of-scope calibration "
+            "messages for: " + ", ".join(f"{k} {v:g}" for k, v in oos.targets.items()) + ")."
+            if oos
+            else f" (chosen for {pct(card.target_accuracy)} accuracy on what is not abstained)."
+        ),
+        "",
+    ]
+
+
+def _results_table(card: CardFacts, m: TrainMetrics) -> list[str]:
+    rows = ["## Results (test)", "", "| model | accuracy | macro-F1 |", "|---|---|---|"]
+    if m.baseline:
+        rows.append(
+            f"| TF-IDF + logistic regression (baseline) | {pct(m.baseline.test_accuracy)} "
+            f"| {pct(m.baseline.test_macro_f1)} |"
+        )
+    for name, ref in (("PyTorch fp32", m.torch_fp32), ("ONNX fp32", m.onnx_fp32)):
+        rows.append(f"| {name} | {pct(ref.accuracy)} | {pct(ref.macro_f1)} |")
+    rows.append(
+        f"| **served bundle ({card.onnx})** | **{pct(m.test.accuracy)}** | "
+        f"**{pct(m.test.macro_f1)}** |"
+    )
+    if m.email:
+        rows.append(
+            f"| served bundle on test queries rendered as emails | "
+            f"{pct(m.email.accuracy)} | {pct(m.email.macro_f1)} |"
+        )
+    return rows
+
+
+def _robustness_section(m: TrainMetrics) -> list[str]:
     from training.robustness import table
 
-    scores = metrics.get("robustness")
-    if not scores:
+    if not m.robustness:
         return []
     return [
         "## Robustness (the served decision at the shipped thresholds)",
@@ -247,115 +349,66 @@ def _robustness_section(metrics: dict[str, Any]) -> list[str]:
         "messages that are none of the intents (evaluation-only part). See "
         "`data/robustness/DATASHEET.md`.",
         "",
-        *table(scores),
+        *table(m.robustness_json()),
         "",
         "Risk against coverage for each set: `report/risk_coverage.png`.",
         "",
     ]
 
 
-def model_card(summary: dict[str, Any]) -> str:
-    """MODEL_CARD.md text from the run summary."""
-    m = summary["metrics"]
-    test = m["test"]
-    lines = [
-        f"# Model card: {summary['version']}",
-        "",
-        "Intent classifier for CleanInbox: 77 banking customer-service intents (banking77).",
-        "",
-        "## Model",
-        f"- Base model: `{summary['base_model']}`; masked mean pooling, L2 norm, linear head "
-        "initialised from a logistic-regression probe, then fine-tuned (LP-FT).",
-        f"- Served as `model.onnx` ({summary['onnx']}), max_length {summary['max_length']} tokens, "
-        f"input text recipe `{summary['text_recipe']}`.",
-        f"- Calibration: temperature {summary['temperature']:.3f}; abstain below confidence "
-        f"{summary['threshold']:.3f}"
-        + (
-            f', or as out of scope at a "none of these" probability of '
-            f"{summary['out_of_scope']['threshold']:.3f}"
-            if summary.get("out_of_scope")
-            else ""
-        )
-        + (
-            " (chosen on validation, the development set and out-of-scope calibration "
-            "messages for: "
-            + ", ".join(f"{k} {v:g}" for k, v in summary["out_of_scope"]["targets"].items())
-            + ")."
-            if summary.get("out_of_scope")
-            else f" (chosen for {pct(summary['target_accuracy'])} accuracy on what is not "
-            "abstained)."
-        ),
-        "",
-        "## Data",
-        "- banking77 (Casanueva et al. 2020, *Efficient Intent Detection with Dual Sentence "
-        "Encoders*; CC BY 4.0): "
-        f"{m['examples']['train']} training, {m['examples']['val']} validation (stratified "
-        f"from train), {m['examples']['test']} test examples. Test is used only for this report.",
-        *[f"- `{name}` sha256 `{sha}`" for name, sha in summary["data_sha256"].items()],
-        "",
-        "## Results (test)",
-        "",
-        "| model | accuracy | macro-F1 |",
-        "|---|---|---|",
-    ]
-    if m.get("baseline"):
-        b = m["baseline"]
-        lines.append(
-            f"| TF-IDF + logistic regression (baseline) | {pct(b['test_accuracy'])} "
-            f"| {pct(b['test_macro_f1'])} |"
-        )
-    if m.get("torch_fp32"):
-        lines.append(
-            f"| PyTorch fp32 | {pct(m['torch_fp32']['accuracy'])} | "
-            f"{pct(m['torch_fp32']['macro_f1'])} |"
-        )
-    if m.get("onnx_fp32"):
-        lines.append(
-            f"| ONNX fp32 | {pct(m['onnx_fp32']['accuracy'])} | {pct(m['onnx_fp32']['macro_f1'])} |"
-        )
-    lines.append(
-        f"| **served bundle ({summary['onnx']})** | **{pct(test['accuracy'])}** | "
-        f"**{pct(test['macro_f1'])}** |"
-    )
-    if m.get("email"):
-        e = m["email"]
-        lines.append(
-            f"| served bundle on test queries rendered as emails | "
-            f"{pct(e['accuracy'])} | {pct(e['macro_f1'])} |"
-        )
-    lines += [
-        "",
-        "- Parity (served vs PyTorch, test): top-1 agreement "
-        f"{pct(m['parity_test']['agreement'])}, "
-        f"accuracy drop {m['parity_test']['accuracy_drop'] * 100:.2f} points.",
-        f"- Calibration: ECE {test['ece_uncalibrated']:.3f} before, {test['ece_calibrated']:.3f} "
-        "after temperature scaling.",
-        f"- At the abstain threshold: coverage {pct(test['coverage'])}, accuracy on covered "
-        f"{pct(test['selective_accuracy'])}.",
-        f"- Training time {summary['train_seconds'] / 60:.1f} min on {summary['hardware']}.",
-        "",
-        *_robustness_section(m),
-        "Figures in `report/`: `confusion_matrix.png`, `reliability.png`, `coverage_accuracy.png`, "
-        "`top5_samples.png` (and `risk_coverage.png` with the robustness sets); per-class "
-        "scores in `report/per_class.csv`.",
-        "",
+def _intended_use(card: CardFacts, m: TrainMetrics) -> list[str]:
+    worst = sorted(m.test.per_class.items(), key=lambda kv: kv[1].f1)[:5]
+    return [
         "## Intended use and limits",
         "- Triage of customer-service email for a banking team; English only. "
         + (
             'Mail that is none of the 77 intents is recognised by a "none of these" output '
             "trained on out-of-scope messages and left alone (`out_of_scope`); what it was "
             "not trained on can still slip through: keep rules conservative."
-            if summary.get("out_of_scope")
+            if card.out_of_scope
             else "Intents outside the 77 (spam, newsletters, other topics) are forced into "
             "the nearest intent: rely on the abstain threshold and rules to leave such "
             "mail alone."
         ),
         "- Worst classes (test F1): "
-        + ", ".join(
-            f"`{name}` {row['f1']:.2f}"
-            for name, row in sorted(test["per_class"].items(), key=lambda kv: kv[1]["f1"])[:5]
-        )
+        + ", ".join(f"`{name}` {row.f1:.2f}" for name, row in worst)
         + ".",
         "",
+    ]
+
+
+def model_card(card: CardFacts, m: TrainMetrics) -> str:
+    """MODEL_CARD.md text from the run's facts and metrics."""
+    test = m.test
+    lines = [
+        f"# Model card: {card.version}",
+        "",
+        "Intent classifier for CleanInbox: 77 banking customer-service intents (banking77).",
+        "",
+        *_model_section(card),
+        "## Data",
+        "- banking77 (Casanueva et al. 2020, *Efficient Intent Detection with Dual Sentence "
+        "Encoders*; CC BY 4.0): "
+        f"{m.examples.train} training, {m.examples.val} validation (stratified "
+        f"from train), {m.examples.test} test examples. Test is used only for this report.",
+        *[f"- `{name}` sha256 `{sha}`" for name, sha in card.data_sha256.items()],
+        "",
+        *_results_table(card, m),
+        "",
+        "- Parity (served vs PyTorch, test): top-1 agreement "
+        f"{pct(m.parity_test.agreement)}, "
+        f"accuracy drop {m.parity_test.accuracy_drop * 100:.2f} points.",
+        f"- Calibration: ECE {test.ece_uncalibrated:.3f} before, {test.ece_calibrated:.3f} "
+        "after temperature scaling.",
+        f"- At the abstain threshold: coverage {pct(test.coverage)}, accuracy on covered "
+        f"{pct(test.selective_accuracy)}.",
+        f"- Training time {card.train_seconds / 60:.1f} min on {card.hardware}.",
+        "",
+        *_robustness_section(m),
+        "Figures in `report/`: `confusion_matrix.png`, `reliability.png`, `coverage_accuracy.png`, "
+        "`top5_samples.png` (and `risk_coverage.png` with the robustness sets); per-class "
+        "scores in `report/per_class.csv`.",
+        "",
+        *_intended_use(card, m),
     ]
     return "\n".join(lines)

@@ -17,7 +17,6 @@ own :class:`~daemon.model.classifier.Classifier`, thresholds included) on:
 
 from __future__ import annotations
 
-import csv
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from daemon.model.bundle import sha256_file
 from daemon.model.classifier import Prediction
 from daemon.model.samples import render_email
 from daemon.model.text import email_to_text
-from training.data import Split
+from training.data import Split, read_labelled, read_rows
 
 OTHER_WORDS = "other_words.csv"
 OUT_OF_SCOPE = "out_of_scope.csv"
@@ -51,51 +50,21 @@ class RobustnessData:
     sha256: dict[str, str]
 
 
-def _rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-            rows = list(reader)
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
-    for line, row in enumerate(rows, start=2):
-        if not (row.get("text") or "").strip():
-            raise DataError(f"{path}:{line}: empty text")
-    return rows
-
-
-def _labelled(path: Path, label_names: Sequence[str]) -> Split:
-    index = {name: i for i, name in enumerate(label_names)}
-    texts: list[str] = []
-    labels: list[int] = []
-    for line, row in enumerate(_rows(path, ("text", "category")), start=2):
-        if row["category"] not in index:
-            raise DataError(f"{path}:{line}: unknown category {row['category']!r}")
-        texts.append(row["text"].strip())
-        labels.append(index[row["category"]])
-    return Split(texts, labels)
-
-
 def load_robustness(directory: Path, label_names: Sequence[str]) -> RobustnessData:
     """Read and check the robustness sets; every problem is a DataError naming the file."""
     if not directory.is_dir():
         raise DataError(f"robustness data directory {directory} does not exist")
     oos_train: list[str] = []
     oos_eval: list[str] = []
-    for line, row in enumerate(_rows(directory / OUT_OF_SCOPE, ("text", "split")), start=2):
+    for line, row in enumerate(read_rows(directory / OUT_OF_SCOPE, ("text", "split")), start=2):
         if row["split"] not in ("train", "eval"):
             raise DataError(f"{directory / OUT_OF_SCOPE}:{line}: split must be train or eval")
         (oos_train if row["split"] == "train" else oos_eval).append(row["text"].strip())
     return RobustnessData(
-        other_words=_labelled(directory / OTHER_WORDS, label_names),
+        other_words=read_labelled(directory / OTHER_WORDS, label_names),
         oos_train=oos_train,
         oos_eval=oos_eval,
-        paraphrases=_labelled(directory / PARAPHRASES, label_names),
+        paraphrases=read_labelled(directory / PARAPHRASES, label_names),
         sha256={name: sha256_file(directory / name) for name in FILES},
     )
 

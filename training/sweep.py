@@ -146,14 +146,16 @@ def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print
         raise DependencyError(
             "cleaninbox sweep needs optuna: pip install 'cleaninbox[sweep]'"
         ) from exc
-    from training.data import load_banking77
     from training.finetune import EpochRecord, seed_everything
     from training.model import load_base_model
-    from training.pipeline import fit_model
+    from training.stages.fit import fit_model
+    from training.stages.prepare import prepare_data
 
     extra = [f"data.dir={data_dir}"] if data_dir else []
     base_config = load_train_config(config.base, extra)
-    data = load_banking77(base_config.data, base_config.train.seed)  # same split every trial
+    # The training run's data stage, once: the same split every trial. Trials fit on
+    # banking77 alone (their score is validation accuracy), so no robustness sets.
+    sets = prepare_data(base_config, lambda _line: None, robustness=False).sets
     config.storage.parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -183,7 +185,9 @@ def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print
                 log(f"trial {trial.number}: pruned, {reason} with {values}")
                 raise optuna.TrialPruned(reason)
 
-        fitted = fit_model(trial_config, data, base, lambda _line: None, report)
+        fitted = fit_model(
+            trial_config, sets.data, base, lambda _line: None, report, num_outputs=sets.num_outputs
+        )
         log(
             f"trial {trial.number}: validation accuracy {fitted.best_val_accuracy:.4f} "
             f"(epoch {fitted.best_epoch}) with {values}"
