@@ -23,17 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import TypeAdapter
 
 from daemon.errors import ConfigError, DataError
 from daemon.model.bundle import load_manifest
 from daemon.model.classifier import Classifier
+from daemon.model.promotion import RetrainResult, Scores
 from daemon.model.registry import current_version, promote
 from daemon.store.corrections_csv import Example, read_corrections_csv
 from daemon.store.state import StateStore
@@ -42,53 +42,6 @@ from training.data import Split, load_banking77, same_text_key
 
 Log = Callable[[str], None]
 REPORTS = "retrain-reports"
-
-
-Outcome = Literal["promoted", "kept", "failed"]
-
-
-@dataclass(frozen=True)
-class Scores:
-    banking77_accuracy: float
-    holdout_accuracy: float
-
-
-@dataclass(frozen=True)
-class RetrainResult:
-    """What one run decided and on which figures. ``failed`` carries only the reason (the
-    run stopped before a decision); the others carry both models' versions and scores.
-    The daemon's scheduled job reads this back from ``cleaninbox retrain --json``, so the
-    outcome travels as data, not as the wording of a line."""
-
-    outcome: Outcome
-    reason: str
-    champion: str | None = None
-    challenger: str | None = None
-    champion_scores: Scores | None = None
-    challenger_scores: Scores | None = None
-    corrections_train: int = 0
-    corrections_holdout: int = 0
-    report: Path | None = None
-
-    @property
-    def promoted(self) -> bool:
-        return self.outcome == "promoted"
-
-    @classmethod
-    def failed(cls, reason: str) -> RetrainResult:
-        return cls("failed", reason)
-
-    def to_json(self) -> str:
-        """One line of JSON (paths as strings, scores as objects)."""
-        return _RESULT_JSON.dump_json(self).decode()
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> RetrainResult:
-        """The result :meth:`to_json` wrote; a ``ValueError`` if ``text`` is not one."""
-        return _RESULT_JSON.validate_json(text)
-
-
-_RESULT_JSON = TypeAdapter(RetrainResult)
 
 
 def load_corrections(csv_path: Path | None, state: Path | None) -> list[Example]:

@@ -136,8 +136,8 @@ def retrain(
     Exit status: 0 when the run reached a decision, promoted or kept (--json says which),
     so a scheduler counts only failures; 2 for bad input (settings, config, too few
     corrections); 1 for a failure at run time."""
+    from daemon.model.promotion import RetrainResult
     from training.config import load_train_config
-    from training.retrain import RetrainResult
     from training.retrain import retrain as run_retrain
 
     try:

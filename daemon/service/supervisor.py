@@ -33,6 +33,7 @@ from daemon.errors import AuthError, ConnectionLostError, MailboxError
 from daemon.mailbox import Mailbox
 from daemon.mailbox.oauth import token_source
 from daemon.metrics import Metrics
+from daemon.model.promotion import RetrainResult
 from daemon.service.backoff import backoff_delay
 from daemon.service.faults import open_mailbox_with_hooks
 from daemon.service.http import Health, create_app, serve_in_thread
@@ -202,7 +203,7 @@ class Service:
         """Run ``cleaninbox retrain`` in a separate, low-priority process (torch never loads
         into the daemon, and triage keeps its threads); a promoted model is then picked up
         by the model watcher like any other. The child prints its typed result
-        (:class:`training.retrain.RetrainResult`) as one JSON line with ``--json``, also
+        (:class:`daemon.model.promotion.RetrainResult`) as one JSON line with ``--json``, also
         when it fails. Returns promoted, kept or failed."""
         schedule = self.settings.retrain
         assert schedule is not None
@@ -234,10 +235,6 @@ class Service:
         except subprocess.TimeoutExpired:
             outcome, detail = "failed", f"took longer than {schedule.timeout_hours:g} h"
         else:
-            # Imported here, not at the top: the daemon never loads training code at import
-            # time, and this module of it is light (no torch).
-            from training.retrain import RetrainResult
-
             lines = result.stdout.strip().splitlines()
             try:
                 parsed = RetrainResult.from_json(lines[-1]) if lines else None
