@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -19,7 +19,7 @@ from daemon.core.actions import Journaled, Plan, revert
 from daemon.errors import ConfigError, ConnectionLostError, MailboxError
 from daemon.mailbox.base import Mailbox
 from daemon.store.base import Store
-from daemon.store.records import Decision, NewDecision, iso_utc
+from daemon.store.records import Decision, iso_utc
 
 log = structlog.get_logger(__name__)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -84,20 +84,14 @@ def undo(
         mailbox = mailbox_for(d.account)
         (undo_id,) = store.record(
             [
-                NewDecision(
+                replace(
+                    d.journaled(),
                     kind="undo",
-                    account=d.account,
                     folder=plan.move or d.folder,
-                    uidvalidity=d.uidvalidity,
-                    uid=d.uid,
-                    message_id=d.message_id,
-                    size=d.size,
-                    internal_date=d.internal_date,
-                    intent=d.intent,
-                    confidence=d.confidence,
-                    abstain=d.abstain,
-                    model_version=d.model_version,
-                    rule=d.rule,
+                    top_k=None,
+                    plan=None,
+                    text=None,
+                    reason=None,
                     action=f"undo: {plan.describe()}",
                     destination=d.folder,
                     status="pending",

@@ -15,7 +15,7 @@ import json
 import mailbox
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -136,6 +136,21 @@ class _Folder:
         info = msg.get_info()
         name = key + (self.box.colon + info if info else "")
         return self.path / msg.get_subdir() / name
+
+
+def _present(
+    handle: _Folder, mapping: Mapping[int, str], uids: Sequence[int]
+) -> Iterator[tuple[int, str, mailbox.MaildirMessage, Path]]:
+    """(uid, key, message, file) of each of ``uids`` still in the folder; another client
+    may have moved or deleted any of them since ``mapping`` was read."""
+    for uid in uids:
+        key = mapping.get(uid)
+        if key is None:
+            continue
+        try:
+            yield uid, key, handle.box.get_message(key), handle.file_of(key)
+        except (KeyError, FileNotFoundError):
+            continue
 
 
 class MaildirMailbox(Mailbox):
@@ -311,15 +326,7 @@ class MaildirMailbox(Mailbox):
         letters = []
         for flag in flags:
             letters.append(SYSTEM[flag] if flag in SYSTEM else handle.letter(flag))
-        for uid in uids:
-            key = mapping.get(uid)
-            if key is None:
-                continue
-            try:
-                msg = handle.box.get_message(key)
-                old = handle.file_of(key)
-            except (KeyError, FileNotFoundError):
-                continue
+        for _uid, key, msg, old in _present(handle, mapping, uids):
             current = set(msg.get_flags())
             wanted = current | set(letters) if add else current - set(letters)
             if wanted == current:
@@ -348,15 +355,7 @@ class MaildirMailbox(Mailbox):
         self.ensure_folder(destination)
         target = self._folder(destination)
         src_keywords = source.keywords()
-        for uid in uids:
-            key = mapping.get(uid)
-            if key is None:
-                continue
-            try:
-                msg = source.box.get_message(key)
-                path = source.file_of(key)
-            except (KeyError, FileNotFoundError):
-                continue
+        for uid, key, msg, path in _present(source, mapping, uids):
             # Keyword letters are per folder: translate them for the destination.
             letters = ""
             for c in msg.get_flags():

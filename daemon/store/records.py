@@ -9,6 +9,7 @@ that holds JSON or a boolean says so in its field's metadata.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -66,6 +67,10 @@ class Decision(NewDecision):
     created_at: str
     done_at: str | None = None
 
+    def journaled(self) -> NewDecision:
+        """The decision as it was journaled (without its id and times)."""
+        return NewDecision(**{f.name: getattr(self, f.name) for f in fields(NewDecision)})
+
     def to_json(self) -> dict[str, Any]:
         """The audit log entry as ``history --json`` prints it (no text, plan or size)."""
         data = asdict(self)
@@ -82,30 +87,23 @@ DECISION_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _encode(codec: str | None, value: Any) -> Any:
-    if value is None:
-        return None
-    if codec == "json":
-        return json.dumps(value)
-    if codec == "bool":
-        return int(value)
-    return value
+#: (to the database, from the database) for the columns whose field says so.
+_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "json": (json.dumps, json.loads),
+    "bool": (int, bool),
+}
 
 
-def _decode(codec: str | None, value: Any) -> Any:
-    if value is None:
-        return None
-    if codec == "json":
-        return json.loads(value)
-    if codec == "bool":
-        return bool(value)
-    return value
+def _convert(codec: str | None, value: Any, direction: int) -> Any:
+    if value is None or codec is None:
+        return value
+    return _CODECS[codec][direction](value)
 
 
 def decision_row(decision: NewDecision, now: str) -> tuple[Any, ...]:
     """The values of :data:`DECISION_COLUMNS` for ``decision`` journaled at ``now``."""
     values = [
-        _encode(f.metadata.get("codec"), getattr(decision, f.name)) for f in fields(NewDecision)
+        _convert(f.metadata.get("codec"), getattr(decision, f.name), 0) for f in fields(NewDecision)
     ]
     return (*values, now, None if decision.status == "pending" else now)
 
@@ -119,7 +117,7 @@ class Row(Protocol):
 def decision_from_row(row: Row) -> Decision:
     """A :class:`Decision` from a database row."""
     return Decision(
-        **{f.name: _decode(f.metadata.get("codec"), row[f.name]) for f in fields(Decision)}
+        **{f.name: _convert(f.metadata.get("codec"), row[f.name], 1) for f in fields(Decision)}
     )
 
 
