@@ -30,7 +30,7 @@ from training.config import DataConfig, ModelConfig
 from training.data import load_banking77
 from training.export import export_onnx, optimise
 from training.model import IntentClassifier, load_base_model
-from training.pipeline import _write_bundle
+from training.stages.bundle import write_bundle
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -93,9 +93,7 @@ def main() -> None:
     export_onnx(model, work / "raw.onnx", 17)
     optimise(work / "raw.onnx", work / "fp32.onnx")
     fp32_bundle = work / "fp32"
-    _write_bundle(
-        fp32_bundle, work / "fp32.onnx", (bundle / "tokenizer.json").read_text(), manifest
-    )
+    write_bundle(fp32_bundle, work / "fp32.onnx", (bundle / "tokenizer.json").read_text(), manifest)
 
     @torch.no_grad()
     def torch_logits(batch: Sequence[str]) -> np.ndarray:

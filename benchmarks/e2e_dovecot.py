@@ -13,21 +13,16 @@ import argparse
 import os
 import random
 import resource
-import ssl
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import yaml
-from imapclient import IMAPClient
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from daemon.model.samples import render_email  # noqa: E402
-from tests.dovecot import PASSWORD, Dovecot  # noqa: E402
+from tests.mail_fixtures import MailUser  # noqa: E402
+from tests.scaffold import cli, scratch_mail  # noqa: E402
 from training.config import DataConfig  # noqa: E402
 from training.data import load_banking77  # noqa: E402
 
@@ -44,43 +39,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="cleaninbox-e2e-"))
-    server = Dovecot(root / "dovecot")
-    server.add_user("bench")
-    server.start()
-    try:
-        settings = {
-            "model": str(args.bundle.resolve()),
-            "rules": str(args.rules.resolve()),
-            "state": str(root / "state.db"),
-            "log_format": "json",
-            "log_level": "info",  # one JSON event per decision, as deployed
-            "http": {"enabled": False},
-            "classifier": {"threads": args.threads},
-            "accounts": [
-                {
-                    "name": "bench",
-                    "host": "127.0.0.1",
-                    "port": server.tls_port,
-                    "ca_file": str(server.cert),
-                    "username": "bench",
-                    "password_env": "BENCH_PASSWORD",
-                    "batch_size": args.batch_size,
-                }
-            ],
-        }
-        config = root / "cleaninbox.yaml"
-        config.write_text(yaml.safe_dump(settings))
-        env = {**os.environ, "BENCH_PASSWORD": PASSWORD}
-        command = [sys.executable, "-m", "daemon.cli", "once", "--config", str(config)]
-        subprocess.run(command, check=True, env=env, capture_output=True)  # first start
+    with scratch_mail("cleaninbox-e2e-", ["bench"]) as scratch:
+        scratch.write_settings(
+            args.bundle.resolve(),
+            [scratch.account("bench", name="bench", batch_size=args.batch_size)],
+            rules=args.rules.resolve(),
+            log_format="json",
+            log_level="info",  # one JSON event per decision, as deployed
+            classifier={"threads": args.threads},
+        )
+        cli(scratch.work, "once")  # first start
 
         data = load_banking77(DataConfig(dir=args.data_dir), seed=0)
         rng = random.Random(1)
-        context = ssl.create_default_context(cafile=str(server.cert))
         started = time.perf_counter()
-        with IMAPClient("127.0.0.1", port=server.tls_port, ssl_context=context) as client:
-            client.login("bench", PASSWORD)
+        with MailUser("bench", scratch.server).client() as client:
             for i in range(args.messages):
                 query = data.test.texts[i % len(data.test.texts)]
                 style = "signature" if rng.random() < 0.7 else "plain"
@@ -89,9 +62,7 @@ def main() -> None:
 
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         started = time.perf_counter()
-        result = subprocess.run(
-            [*command, "--timings"], check=True, env=env, capture_output=True, text=True
-        )
+        result = cli(scratch.work, "once", "--timings", timeout=None)
         wall = time.perf_counter() - started
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         print(result.stdout)
@@ -101,8 +72,6 @@ def main() -> None:
         )
         peak = max(peak_kib, before)
         print(f"daemon peak RSS: {peak / 1024:.0f} MiB (largest child process so far)")
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -14,53 +14,26 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.dovecot import Dovecot  # noqa: E402
-from tests.mail_fixtures import ENV, RULES, MailUser, cli  # noqa: E402
+from tests.mail_fixtures import MailUser  # noqa: E402
 from tests.reliability.hostile import CASES  # noqa: E402
+from tests.scaffold import ENV, cli, daemon_command, scratch_mail  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=REPO / "models/current")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="cleaninbox-hostile-"))
-    server = Dovecot(root / "dovecot")
-    server.add_user("hostile")
-    server.start()
-    try:
-        work = root / "work"
-        work.mkdir()
-        (work / "rules.yaml").write_text(yaml.safe_dump(RULES))
-        (work / "cleaninbox.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "model": str(args.bundle.resolve()),
-                    "rules": "rules.yaml",
-                    "state": "var/state.db",
-                    "log_level": "warning",
-                    "http": {"enabled": False},
-                    "accounts": [
-                        {
-                            "name": "work",
-                            "host": "127.0.0.1",
-                            "port": server.tls_port,
-                            "ca_file": str(server.cert),
-                            "username": "hostile",
-                            "password_env": "CLEANINBOX_TEST_PASSWORD",
-                        }
-                    ],
-                }
-            )
+    with scratch_mail("cleaninbox-hostile-", ["hostile"]) as scratch:
+        work = scratch.work
+        scratch.write_settings(
+            args.bundle.resolve(), [scratch.account("hostile")], log_level="warning"
         )
-        user = MailUser("hostile", server)
+        user = MailUser("hostile", scratch.server)
         cli(work, "once")
         print(f"{'case':<22} {'size':>10} {'cycle s':>8} {'peak RSS MiB':>13}  decision")
         worst_time = worst_rss = 0.0
@@ -74,18 +47,7 @@ def main() -> None:
                 continue
             user.append(raw)
             run = subprocess.run(
-                [
-                    "/usr/bin/time",
-                    "-f",
-                    "RSS_KB=%M",
-                    sys.executable,
-                    "-m",
-                    "daemon.cli",
-                    "once",
-                    "--timings",
-                    "--config",
-                    str(work / "cleaninbox.yaml"),
-                ],
+                ["/usr/bin/time", "-f", "RSS_KB=%M", *daemon_command(work, "once", "--timings")],
                 capture_output=True,
                 text=True,
                 env=ENV,
@@ -103,8 +65,6 @@ def main() -> None:
             f"worst cycle time {worst_time:.2f} s (one message per cycle); "
             f"worst peak RSS {worst_rss:.0f} MiB"
         )
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

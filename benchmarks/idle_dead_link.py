@@ -13,21 +13,17 @@ filed.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.dovecot import Dovecot  # noqa: E402
-from tests.mail_fixtures import ENV, RULES, MailUser, email, mid  # noqa: E402
+from tests.mail_fixtures import MailUser, email, mid  # noqa: E402
 from tests.proxy import Proxy  # noqa: E402
+from tests.scaffold import NEVER_ABSTAIN, launch_daemon, proxied_account, scratch_mail  # noqa: E402
 
 
 def main() -> None:
@@ -35,78 +31,27 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=REPO / "models/current")
     parser.add_argument("--liveness", type=float, default=60.0)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="cleaninbox-deadlink-"))
-    server = Dovecot(root / "dovecot")
-    server.add_user("watcher")
-    server.start()
-    proxy = Proxy(server.port)
-    work = root / "work"
-    work.mkdir()
-    (work / "rules.yaml").write_text(yaml.safe_dump(RULES))
-    account = {
-        "name": "work",
-        "host": "127.0.0.1",
-        "port": proxy.port,
-        "tls": "none",
-        "allow_plaintext": True,
-        "username": "watcher",
-        "password_env": "CLEANINBOX_TEST_PASSWORD",
-        "mode": "idle",
-        "liveness_timeout": args.liveness,
-    }
-    settings = {
-        "model": str(args.bundle.resolve()),
-        "rules": "rules.yaml",
-        "state": "var/state.db",
-        "log_format": "json",
-        "http": {"enabled": False},
-        "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
-        "poll_interval": 3600,
-        "accounts": [account],
-    }
-    (work / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
-    log_path = work / "daemon.log"
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", "cleaninbox.yaml"],
-        stdout=log_path.open("w"),
-        stderr=subprocess.STDOUT,
-        env=ENV,
-        cwd=work,
-    )
-    user = MailUser("watcher", server)
-    try:
-        while proxy.count(b" IDLE\r\n") < 1:
-            time.sleep(0.05)
-        time.sleep(2)
-        frozen_at = time.time()
-        proxy.freeze()
-        first = email("my card has not arrived", 1)
-        user.append(first)
-        time.sleep(args.liveness / 3)
-        second = email("I was charged twice", 2)
-        user.append(second)
-        filed: dict[str, float] = {}
-        while len(filed) < 2 and time.time() - frozen_at < 5 * args.liveness:
-            there = user.messages("Triage/All")
-            for name, raw in (("first", first), ("second", second)):
-                if name not in filed and mid(raw) in there:
-                    filed[name] = time.time() - frozen_at
-            time.sleep(0.2)
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-        proxy.close()
-        server.stop()
-    lost = None
-    for line in log_path.read_text().splitlines():
+    with scratch_mail("cleaninbox-deadlink-", ["watcher"]) as scratch:
+        proxy = Proxy(scratch.server.port)
+        account = proxied_account(proxy, "watcher", mode="idle", liveness_timeout=args.liveness)
+        scratch.write_settings(
+            args.bundle.resolve(),
+            [account],
+            log_format="json",
+            classifier=NEVER_ABSTAIN,
+            poll_interval=3600,
+        )
+        daemon = launch_daemon(scratch.work)
+        user = MailUser("watcher", scratch.server)
         try:
-            event = json.loads(line)
-        except ValueError:
-            continue
+            frozen_at, filed = outage(proxy, user, args.liveness)
+        finally:
+            daemon.stop(timeout=60)
+            proxy.close()
+    lost = None
+    for event in daemon.events():
         if event.get("event") == "idle_link_lost" and lost is None:
             stamp = event["timestamp"].replace("Z", "+00:00")
-            from datetime import datetime
-
             lost = datetime.fromisoformat(stamp).timestamp() - frozen_at
     print(
         f"liveness_timeout {args.liveness:g} s: dead link logged after "
@@ -116,6 +61,28 @@ def main() -> None:
         if lost is not None
         else f"dead link never detected; filed: {filed}"
     )
+
+
+def outage(proxy: Proxy, user: MailUser, liveness: float) -> tuple[float, dict[str, float]]:
+    """Freeze the link once the watcher idles, send two messages; when each was filed."""
+    while proxy.count(b" IDLE\r\n") < 1:
+        time.sleep(0.05)
+    time.sleep(2)
+    frozen_at = time.time()
+    proxy.freeze()
+    first = email("my card has not arrived", 1)
+    user.append(first)
+    time.sleep(liveness / 3)
+    second = email("I was charged twice", 2)
+    user.append(second)
+    filed: dict[str, float] = {}
+    while len(filed) < 2 and time.time() - frozen_at < 5 * liveness:
+        there = user.messages("Triage/All")
+        for name, raw in (("first", first), ("second", second)):
+            if name not in filed and mid(raw) in there:
+                filed[name] = time.time() - frozen_at
+        time.sleep(0.2)
+    return frozen_at, filed
 
 
 if __name__ == "__main__":

@@ -15,19 +15,16 @@ import argparse
 import random
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from daemon.service.faults import KILL_AT_COMMAND, KILL_AT_WRITE  # noqa: E402
-from tests.dovecot import Dovecot  # noqa: E402
-from tests.mail_fixtures import RULES, MailUser, cli  # noqa: E402
+from tests.mail_fixtures import MailUser  # noqa: E402
 from tests.reliability.invariant import examine, rerun_actions, seed_messages  # noqa: E402
+from tests.scaffold import NEVER_ABSTAIN, cli, scratch_mail  # noqa: E402
 
 
 def main() -> None:
@@ -45,39 +42,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="cleaninbox-crash-"))
-    server = Dovecot(root / "dovecot")
-    server.add_user("crash")
-    server.start()
-    try:
-        work = root / "work"
-        work.mkdir()
-        (work / "rules.yaml").write_text(yaml.safe_dump(RULES))
-        (work / "cleaninbox.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "model": str(args.bundle.resolve()),
-                    "rules": "rules.yaml",
-                    "state": "var/state.db",
-                    "log_format": "json",
-                    "log_level": "warning",
-                    "http": {"enabled": False},
-                    "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
-                    "accounts": [
-                        {
-                            "name": "work",
-                            "host": "127.0.0.1",
-                            "port": server.tls_port,
-                            "ca_file": str(server.cert),
-                            "username": "crash",
-                            "password_env": "CLEANINBOX_TEST_PASSWORD",
-                            "batch_size": args.batch_size,
-                        }
-                    ],
-                }
-            )
+    with scratch_mail("cleaninbox-crash-", ["crash"]) as scratch:
+        work = scratch.work
+        scratch.write_settings(
+            args.bundle.resolve(),
+            [scratch.account("crash", batch_size=args.batch_size)],
+            log_format="json",
+            log_level="warning",
+            classifier=NEVER_ABSTAIN,
         )
-        user = MailUser("crash", server)
+        user = MailUser("crash", scratch.server)
         cli(work, "once")
         started = time.perf_counter()
         seeds = seed_messages(user, args.messages, "full")
@@ -102,17 +76,16 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"kills: {kills} in {killing:.0f} s")
         print(f"recovery run after the last kill: {recovery:.1f} s")
+        n = found.counts
         print(
-            f"seeded {len(seeds)}, lost {found.lost}, duplicated {found.duplicated}, "
-            f"misrouted {found.misrouted}, changed {found.changed}, left \\Deleted "
-            f"{found.deleted}, state mismatches {found.state}, pending {found.pending}, "
+            f"seeded {len(seeds)}, lost {n['lost']}, duplicated {n['duplicated']}, "
+            f"misrouted {n['misrouted']}, changed {n['changed']}, left \\Deleted "
+            f"{n['deleted']}, state mismatches {n['state']}, pending {n['pending']}, "
             f"rerun actions {rerun}"
         )
         print(f"peak RSS of a daemon process: {peak:.0f} MiB")
         for problem in found.problems[:20]:
             print("  ", problem)
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

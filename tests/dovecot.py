@@ -15,7 +15,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from tests.processes import stop_process
 
 PASSWORD = "s3cret-pass"
 
@@ -204,13 +209,8 @@ service stats {{
         raise RuntimeError("dovecot did not start within 20 s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=10)
         self.process = None
 
     def kill(self) -> None:
@@ -236,3 +236,21 @@ service stats {{
     @staticmethod
     def available() -> bool:
         return shutil.which("dovecot") is not None
+
+
+@contextmanager
+def running_dovecot(root: Path, users: Iterable[str], **options: Any) -> Iterator[Dovecot]:
+    """A started Dovecot under ``root`` serving ``users``, stopped on the way out.
+
+    All users exist before Dovecot starts: its passwd-file reload after a change can lag
+    behind a login that follows the change within the same second. ``options`` are
+    :class:`Dovecot`'s (capability_trim, extra_config, oauth2_introspection_url).
+    """
+    server = Dovecot(root, **options)
+    for name in users:
+        server.add_user(name)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,49 +3,37 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import ssl
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from imapclient import IMAPClient
 
 from daemon.model.samples import render_email
-from tests.dovecot import PASSWORD, Dovecot
+from tests.dovecot import PASSWORD, Dovecot, running_dovecot
+from tests.processes import wait_for
+from tests.scaffold import ENV, NEVER_ABSTAIN, RULES, cli, dovecot_account, write_settings
 
-RULES = {
-    "version": 1,
-    "groups": {},
-    "rules": [
-        {
-            "name": "vip",
-            "match": "*",
-            "headers": {"subject": "URGENT"},
-            "actions": ["flag", {"keyword": "$urgent"}],
-            "continue": True,
-        },
-        {
-            "name": "keep-here",
-            "match": "*",
-            "headers": {"from": "keep@"},
-            "actions": [{"keyword": "$seen_by_triage"}],
-        },
-        {
-            "name": "file-all",
-            "match": "*",
-            "actions": [{"keyword": "$intent_{intent}"}, {"move": "Triage/All"}],
-        },
-    ],
-    "abstain": {"actions": [{"keyword": "$triage_review"}]},
-}
-
+# ENV, RULES, cli and wait_for live in tests.scaffold and tests.processes; many tests
+# import them from here, with the fixtures, so they stay part of this module's interface.
+__all__ = [
+    "ENV",
+    "RULES",
+    "USERS",
+    "MailUser",
+    "cli",
+    "dovecot",
+    "email",
+    "mail_user",
+    "mid",
+    "snapshot",
+    "take_user",
+    "wait_for",
+    "workdir",
+]
 
 USERS = [f"user{i:03d}" for i in range(64)]
 _free_users = list(USERS)
@@ -53,14 +41,8 @@ _free_users = list(USERS)
 
 @pytest.fixture(scope="session")
 def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    server = Dovecot(tmp_path_factory.mktemp("dovecot"))
-    # All users exist before Dovecot starts: its passwd-file reload after a change can lag
-    # behind a login that follows the change within the same second.
-    for name in USERS:
-        server.add_user(name)
-    server.start()
-    yield server
-    server.stop()
+    with running_dovecot(tmp_path_factory.mktemp("dovecot"), USERS) as server:
+        yield server
 
 
 @dataclass
@@ -125,64 +107,19 @@ def mail_user(dovecot: Dovecot) -> MailUser:
 @pytest.fixture
 def workdir(tmp_path: Path, tiny_bundle: Path, mail_user: MailUser, dovecot: Dovecot) -> Path:
     """cleaninbox.yaml + rules for ``mail_user``; the tiny bundle never abstains."""
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(RULES))
-    settings = {
-        "model": str(tiny_bundle),
-        "rules": "rules.yaml",
-        "state": "var/state.db",
-        "poll_interval": 1,
-        "jitter": 0,
-        "log_format": "json",
-        "http": {"enabled": False},
-        "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
-        "accounts": [
-            {
-                "name": "work",
-                "kind": "imap",
-                "host": "127.0.0.1",
-                "port": dovecot.tls_port,
-                "tls": "implicit",
-                "ca_file": str(dovecot.cert),
-                "username": mail_user.name,
-                "password_env": "CLEANINBOX_TEST_PASSWORD",
-                "folders": ["INBOX"],
-            }
-        ],
-    }
-    (tmp_path / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
-    return tmp_path
-
-
-ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD}
-
-
-def cli(
-    workdir: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``cleaninbox ARGS --config workdir/cleaninbox.yaml`` as a real process."""
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args, "--config", str(workdir / "cleaninbox.yaml")],
-        capture_output=True,
-        text=True,
-        env={**ENV, **(env or {})},
-        cwd=workdir,
-        timeout=300,
+    account = dovecot_account(
+        dovecot, mail_user.name, kind="imap", tls="implicit", folders=["INBOX"]
     )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``check`` every 50 ms; seconds it took, or fail naming ``what``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    write_settings(
+        tmp_path,
+        tiny_bundle,
+        [account],
+        poll_interval=1,
+        jitter=0,
+        log_format="json",
+        classifier=NEVER_ABSTAIN,
+    )
+    return tmp_path
 
 
 def email(query: str, seed: int, **headers: str) -> bytes:

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
 class Proxy:
@@ -92,15 +93,17 @@ class Proxy:
             self._live -= 1
 
 
+@dataclass(eq=False)  # compared by identity: each is one live connection
 class _Pair:
-    def __init__(self, proxy: Proxy, client: socket.socket, upstream: socket.socket) -> None:
-        self.proxy = proxy
-        self.client = client
-        self.upstream = upstream
-        self.done = False
-        self.dead = False
-        self.frozen = False
-        self.lock = threading.Lock()
+    """One relayed connection: the client's socket and ours to the upstream server."""
+
+    proxy: Proxy
+    client: socket.socket
+    upstream: socket.socket
+    done: bool = False  # both sockets shut
+    dead: bool = False  # cut: nothing more reaches the client
+    frozen: bool = False  # silently dead: nothing passes either way
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def shut(self) -> None:
         with self.lock:

@@ -14,20 +14,14 @@ from pathlib import Path
 import yaml
 
 from daemon.model.bundle import load_manifest
+from tests.processes import run_ok
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def dvc(workdir: Path, *args: str, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args],
-        capture_output=True,
-        text=True,
-        cwd=workdir,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, f"dvc {args}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    command = [str(Path(sys.executable).parent / "dvc"), *args]
+    result = run_ok(command, cwd=workdir, env=env, timeout=600, what=f"dvc {args}")
     return result.stdout + result.stderr
 
 

@@ -24,22 +24,15 @@ def write(tmp_path: Path, data: dict[str, object]) -> Path:
 def test_example_settings_document_every_key() -> None:
     text = (REPO / "configs/cleaninbox.example.yaml").read_text()
     settings = load_settings(REPO / "configs/cleaninbox.example.yaml")
-    from daemon.config.settings import (
-        Account,
-        ClassifierSettings,
-        HttpSettings,
-        OAuth2Settings,
-        RetrainSchedule,
-        Settings,
-    )
+    from daemon.config import settings as schema
 
     for model in (
-        Settings,
-        Account,
-        HttpSettings,
-        ClassifierSettings,
-        OAuth2Settings,
-        RetrainSchedule,
+        schema.Settings,
+        schema.Account,
+        schema.HttpSettings,
+        schema.ClassifierSettings,
+        schema.OAuth2Settings,
+        schema.RetrainSchedule,
     ):
         for name in model.model_fields:
             assert f"{name}:" in text, f"{model.__name__}.{name} is not in the example"

@@ -14,21 +14,18 @@ from typing import Any
 from training.config import TrainConfig
 from training.data import Split
 from training.model import load_base_model
-from training.stages.bundle import code_version, open_staging, write_bundle
+from training.stages.bundle import open_staging
 from training.stages.calibrate import calibrate_thresholds, serve_calibrated
 from training.stages.evaluate import evaluate
 from training.stages.export import export_and_verify
-from training.stages.fit import fit_model, fit_or_resume, start_tracking, track_epochs
+from training.stages.fit import fit_or_resume, start_tracking, track_epochs
 from training.stages.prepare import prepare_data
 from training.stages.publish import Lineage, finish_tracking, publish
 from training.stages.report import write_run_report
 
-__all__ = ["_write_bundle", "code_version", "fit_model", "train"]
+__all__ = ["train"]
 
 Log = Callable[[str], None]
-
-#: Kept under its old name for callers outside the package (benchmarks/classifier_speed.py).
-_write_bundle = write_bundle
 
 
 def train(

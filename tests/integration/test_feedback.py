@@ -9,13 +9,12 @@ import json
 import sqlite3
 from pathlib import Path
 
-import yaml
-
-from daemon.core.rules import load_rules
+from daemon.core.rules import Rules, load_rules
 from daemon.model.bundle import load_manifest
 from tests.mail_fixtures import MailUser, cli, email, mid
+from tests.scaffold import edited_settings
 
-REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_RULES = Path(__file__).resolve().parents[2] / "configs/rules.example.yaml"
 QUERIES = [
     "my card was stolen yesterday",
     "why was I charged a fee for my transfer",
@@ -24,11 +23,25 @@ QUERIES = [
 ]
 
 
-def use_example_rules(workdir: Path, feedback: bool) -> None:
-    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
-    settings["rules"] = str(REPO / "configs/rules.example.yaml")
-    settings["accounts"][0]["feedback"] = feedback
-    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+def use_example_rules(workdir: Path, bundle: Path, feedback: bool) -> tuple[Rules, list[str]]:
+    """Switch to the example rules; those rules and their folders that file some intent."""
+    with edited_settings(workdir) as settings:
+        settings["rules"] = str(EXAMPLE_RULES)
+        settings["accounts"][0]["feedback"] = feedback
+    rules = load_rules(EXAMPLE_RULES, load_manifest(bundle).labels)
+    return rules, sorted(f for f in rules.folders() if rules.intents_filed_in(f))
+
+
+def triage_one(
+    workdir: Path, user: MailUser, bundle: Path, query: str, seed: int, *, feedback: bool
+) -> tuple[list[str], bytes]:
+    """Example rules, a first start, then one message triaged: the folders and the message."""
+    _rules, folders = use_example_rules(workdir, bundle, feedback)
+    cli(workdir, "once")  # first start
+    raw = email(query, seed)
+    user.append(raw)
+    cli(workdir, "once")
+    return folders, raw
 
 
 def where(user: MailUser, folders: list[str], raw: bytes) -> str:
@@ -51,9 +64,7 @@ def move(user: MailUser, raw: bytes, source: str, destination: str) -> None:
 def test_user_moves_become_corrections_and_export(
     workdir: Path, mail_user: MailUser, tiny_bundle: Path
 ) -> None:
-    use_example_rules(workdir, feedback=True)
-    rules = load_rules(REPO / "configs/rules.example.yaml", load_manifest(tiny_bundle).labels)
-    folders = sorted(f for f in rules.folders() if rules.intents_filed_in(f))
+    rules, folders = use_example_rules(workdir, tiny_bundle, feedback=True)
     cli(workdir, "once")  # first start
     sent = [email(q, 7000 + i) for i, q in enumerate(QUERIES)]
     for raw in sent:
@@ -95,13 +106,9 @@ def test_user_moves_become_corrections_and_export(
 def test_without_feedback_nothing_is_stored(
     workdir: Path, mail_user: MailUser, tiny_bundle: Path
 ) -> None:
-    use_example_rules(workdir, feedback=False)
-    cli(workdir, "once")
-    raw = email(QUERIES[0], 7100)
-    mail_user.append(raw)
-    cli(workdir, "once")
-    rules = load_rules(REPO / "configs/rules.example.yaml", load_manifest(tiny_bundle).labels)
-    rules_folders = sorted(f for f in rules.folders() if rules.intents_filed_in(f))
+    rules_folders, raw = triage_one(
+        workdir, mail_user, tiny_bundle, QUERIES[0], 7100, feedback=False
+    )
     source = where(mail_user, rules_folders, raw)
     target = next(f for f in rules_folders if f != source)
     move(mail_user, raw, source, target)
@@ -118,13 +125,7 @@ def test_without_feedback_nothing_is_stored(
 def test_a_changed_intent_keyword_is_a_correction(
     workdir: Path, mail_user: MailUser, tiny_bundle: Path
 ) -> None:
-    use_example_rules(workdir, feedback=True)
-    rules = load_rules(REPO / "configs/rules.example.yaml", load_manifest(tiny_bundle).labels)
-    folders = sorted(f for f in rules.folders() if rules.intents_filed_in(f))
-    cli(workdir, "once")
-    raw = email(QUERIES[2], 7200)
-    mail_user.append(raw)
-    cli(workdir, "once")
+    folders, raw = triage_one(workdir, mail_user, tiny_bundle, QUERIES[2], 7200, feedback=True)
     cli(workdir, "once")  # the triage folders have been looked at once
     folder = where(mail_user, folders, raw)
     message = mail_user.messages(folder)[mid(raw)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from daemon.config.settings import load_settings
 from daemon.errors import ConfigError
 from tests.dovecot import make_certificate
 from tests.gmail_peer import ALL_MAIL, GmailPeer
-from tests.mail_fixtures import ENV, RULES, email
+from tests.mail_fixtures import cli, email
+from tests.scaffold import NEVER_ABSTAIN, imap_account, write_settings
 
 USER, APP_PASSWORD = "me@gmail.com", "abcd efgh ijkl mnop"
 
@@ -45,38 +45,22 @@ def gmail(tmp_path: Path, tiny_bundle: Path, peer: GmailPeer, certificate: tuple
     """Write cleaninbox.yaml for the peer; returns a function running `cleaninbox once`."""
 
     def configure(**account: Any) -> None:
-        (tmp_path / "rules.yaml").write_text(yaml.safe_dump(RULES))
-        settings = {
-            "model": str(tiny_bundle),
-            "rules": "rules.yaml",
-            "state": "var/state.db",
-            "log_format": "json",
-            "http": {"enabled": False},
-            "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
-            "accounts": [
-                {
-                    "name": "gmail",
-                    "kind": "gmail",
-                    "host": "127.0.0.1",
-                    "port": peer.port,
-                    "ca_file": str(certificate[0]),
-                    "username": USER,
-                    "password_env": "CLEANINBOX_GMAIL_APP_PASSWORD",  # the app-password path
-                    **account,
-                }
-            ],
-        }
-        (tmp_path / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+        gmail_account = imap_account(
+            USER,
+            peer.port,
+            name="gmail",
+            kind="gmail",
+            ca_file=certificate[0],
+            password_env="CLEANINBOX_GMAIL_APP_PASSWORD",  # the app-password path
+            **account,
+        )
+        write_settings(
+            tmp_path, tiny_bundle, [gmail_account], log_format="json", classifier=NEVER_ABSTAIN
+        )
 
     def once(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "daemon.cli", "once", "--config", "cleaninbox.yaml"],
-            capture_output=True,
-            text=True,
-            env={**ENV, "CLEANINBOX_GMAIL_APP_PASSWORD": APP_PASSWORD, **(env or {})},
-            cwd=tmp_path,
-            timeout=120,
-        )
+        app_password = {"CLEANINBOX_GMAIL_APP_PASSWORD": APP_PASSWORD}
+        return cli(tmp_path, "once", check=False, env={**app_password, **(env or {})}, timeout=120)
 
     configure()
     once.configure = configure  # type: ignore[attr-defined]

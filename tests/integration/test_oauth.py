@@ -7,7 +7,6 @@ leaving the other accounts running, and `cleaninbox auth` through the loopback f
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +14,21 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from structlog.testing import capture_logs
 
 from daemon.config.settings import Account
 from daemon.errors import AuthError, ReauthorizeError
 from daemon.mailbox.imap import ImapMailbox
-from tests.dovecot import PASSWORD, Dovecot, free_port
-from tests.mail_fixtures import ENV, RULES, MailUser, email, mid, wait_for
+from tests.dovecot import PASSWORD, Dovecot, free_port, running_dovecot
+from tests.mail_fixtures import ENV, MailUser, email, mid, wait_for
 from tests.oauth_server import TokenService
+from tests.scaffold import (
+    NEVER_ABSTAIN,
+    daemon_command,
+    dovecot_account,
+    launch_daemon,
+    write_settings,
+)
 
 USERS = [f"oauth{i:02d}" for i in range(8)]
 
@@ -37,15 +42,10 @@ def tokens() -> Iterator[TokenService]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tokens: TokenService) -> Iterator[Dovecot]:
-    dovecot = Dovecot(
-        tmp_path_factory.mktemp("dovecot-oauth"),
-        oauth2_introspection_url=f"{tokens.url}/introspect",
-    )
-    for name in USERS:
-        dovecot.add_user(name)
-    dovecot.start()
-    yield dovecot
-    dovecot.stop()
+    root = tmp_path_factory.mktemp("dovecot-oauth")
+    introspection = f"{tokens.url}/introspect"
+    with running_dovecot(root, USERS, oauth2_introspection_url=introspection) as dovecot:
+        yield dovecot
 
 
 _free = list(USERS)
@@ -181,45 +181,29 @@ def test_revoked_account_is_unhealthy_others_keep_running_and_auth_heals_it(
     tokens.revoke(dead)
     tokens.default_user = revoked.name  # whoever consents at /authorize
     port = free_port()
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(RULES))
-    settings = {
-        "model": str(tiny_bundle),
-        "rules": "rules.yaml",
-        "state": "var/state.db",
-        "poll_interval": 1,
-        "jitter": 0,
-        "backoff_max": 2,
-        "log_format": "json",
-        "http": {"enabled": True, "listen": f"127.0.0.1:{port}"},
-        "classifier": {"abstain_threshold": 0.0, "out_of_scope_threshold": 1.0},
-        "accounts": [
-            {
-                "name": "good",
-                "host": "127.0.0.1",
-                "port": server.tls_port,
-                "ca_file": str(server.cert),
-                "username": good.name,
-                "password_env": "CLEANINBOX_TEST_PASSWORD",
-            },
+    write_settings(
+        tmp_path,
+        tiny_bundle,
+        [
+            dovecot_account(server, good.name, name="good"),
             oauth_account(
                 server, tokens, revoked.name, tmp_path, name="revoked", refresh_token=dead
             ),
         ],
-    }
-    (tmp_path / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+        poll_interval=1,
+        jitter=0,
+        backoff_max=2,
+        log_format="json",
+        http={"enabled": True, "listen": f"127.0.0.1:{port}"},
+        classifier=NEVER_ABSTAIN,
+    )
     base = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", "cleaninbox.yaml"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-        cwd=tmp_path,
+    log_text = (tmp_path / "daemon.log").read_text
+    # mail present at an account's first cycle is left alone, by design: wait for it
+    daemon = launch_daemon(
+        tmp_path, ready=lambda: '"account": "good", "new"' in log_text(), what="a first cycle"
     )
     try:
-        log_text = (tmp_path / "daemon.log").read_text
-        # mail present at an account's first cycle is left alone, by design: wait for it
-        wait_for(lambda: '"account": "good", "new"' in log_text(), 30, "a first cycle")
         raw = email("my card was stolen", 9500)
         good.append(raw)
         wait_for(lambda: mid(raw) in good.messages("Triage/All"), 30, "the healthy account")
@@ -234,18 +218,7 @@ def test_revoked_account_is_unhealthy_others_keep_running_and_auth_heals_it(
 
         # A person re-authorises; the running daemon picks the new token up by itself.
         auth = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daemon.cli",
-                "auth",
-                "revoked",
-                "--no-browser",
-                "--config",
-                "cleaninbox.yaml",
-                "--timeout",
-                "60",
-            ],
+            daemon_command(tmp_path, "auth", "revoked", "--no-browser", "--timeout", "60"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -272,9 +245,7 @@ def test_revoked_account_is_unhealthy_others_keep_running_and_auth_heals_it(
         wait_for(lambda: mid(raw2) in revoked.messages("Triage/All"), 30, "the recovery")
         assert httpx.get(f"{base}/readyz").status_code == 200
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
-        log.close()
-    text = (tmp_path / "daemon.log").read_text()
+        daemon.stop()
+    text = daemon.log()
     assert dead not in text
     assert PASSWORD not in text

@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,35 +16,26 @@ import yaml
 
 from tests.dovecot import PASSWORD, free_port
 from tests.mail_fixtures import MailUser, email, mid, wait_for
+from tests.scaffold import Daemon, edited_settings, launch_daemon
 
-ENV = {**os.environ, "CLEANINBOX_TEST_PASSWORD": PASSWORD, "CLEANINBOX_TEST_TOKEN": "t0ken"}
+Running = tuple[Daemon, str, Path]
 
 
 @pytest.fixture
-def daemon(workdir: Path, tiny_bundle: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+def daemon(workdir: Path, tiny_bundle: Path) -> Iterator[Running]:
     """`cleaninbox run` with HTTP on a free port and models/current switchable."""
     models = workdir / "models"
     models.mkdir()
     shutil.copytree(tiny_bundle, models / "bundle-a")
     (models / "current").symlink_to("bundle-a")
-    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
     port = free_port()
-    settings["model"] = "models/current"
-    settings["http"] = {
-        "enabled": True,
-        "listen": f"127.0.0.1:{port}",
-        "token_env": "CLEANINBOX_TEST_TOKEN",
-    }
-    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
-    log = (workdir / "daemon.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(workdir / "cleaninbox.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=ENV,
-        cwd=workdir,
-    )
+    with edited_settings(workdir) as settings:
+        settings["model"] = "models/current"
+        settings["http"] = {
+            "enabled": True,
+            "listen": f"127.0.0.1:{port}",
+            "token_env": "CLEANINBOX_TEST_TOKEN",
+        }
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -55,14 +44,18 @@ def daemon(workdir: Path, tiny_bundle: Path) -> Iterator[tuple[subprocess.Popen[
         except httpx.HTTPError:
             return False
 
+    running = launch_daemon(
+        workdir, env={"CLEANINBOX_TEST_TOKEN": "t0ken"}, ready=up, what="the HTTP endpoint"
+    )
     try:
-        wait_for(up, 30, "the HTTP endpoint")
-        yield process, base, workdir
+        yield running, base, workdir
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
+        running.stop()
+
+
+def cycled(base: str) -> bool:
+    """Whether the running daemon has finished a cycle successfully."""
+    return metric(base, "cleaninbox_last_successful_cycle_timestamp_seconds") > 0
 
 
 def metric(base: str, name: str, labels: dict[str, str] | None = None) -> float:
@@ -80,17 +73,11 @@ def metric(base: str, name: str, labels: dict[str, str] | None = None) -> float:
 
 
 def test_run_files_mail_within_an_interval_and_reports_it(
-    daemon: tuple[subprocess.Popen[str], str, Path], mail_user: MailUser
+    daemon: Running, mail_user: MailUser
 ) -> None:
-    process, base, workdir = daemon
-    wait_for(
-        lambda: (
-            (workdir / "var" / "state.db").exists()
-            and metric(base, "cleaninbox_last_successful_cycle_timestamp_seconds") > 0
-        ),
-        15,
-        "the first cycle",
-    )
+    running, base, workdir = daemon
+    state = workdir / "var" / "state.db"
+    wait_for(lambda: state.exists() and cycled(base), 15, "the first cycle")
     raws = [email("I lost my card", 40 + i) for i in range(5)]
     latencies = []
     for raw in raws:
@@ -134,28 +121,21 @@ def test_run_files_mail_within_an_interval_and_reports_it(
     )
     assert bad.status_code == 422
 
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=20) == 0
-    lines = [
-        json.loads(line)
-        for line in (workdir / "daemon.log").read_text().splitlines()
-        if line.startswith("{")
-    ]
-    events = [line["event"] for line in lines]
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(timeout=20) == 0
+    events = [line["event"] for line in running.events()]
     assert events.count("decision") == 5
     assert "stopped" in events
-    assert PASSWORD not in (workdir / "daemon.log").read_text()
+    assert PASSWORD not in running.log()
 
 
 def test_reloads_rules_on_sighup_and_a_new_model_without_restart(
-    daemon: tuple[subprocess.Popen[str], str, Path], mail_user: MailUser
+    daemon: Running, mail_user: MailUser
 ) -> None:
-    process, base, workdir = daemon
+    running, base, workdir = daemon
+    process = running.process
     wait_for(
-        lambda: (
-            httpx.get(f"{base}/readyz").status_code == 200
-            or metric(base, "cleaninbox_last_successful_cycle_timestamp_seconds") > 0
-        ),
+        lambda: httpx.get(f"{base}/readyz").status_code == 200 or cycled(base),
         15,
         "the first cycle",
     )

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.dovecot import Dovecot
+from tests.dovecot import Dovecot, running_dovecot
 from tests.mail_fixtures import USERS
 
 CAPABILITIES = (
@@ -21,22 +21,14 @@ CAPABILITIES = (
 @pytest.fixture(scope="session")
 def dovecot_without_move(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
     """A Dovecot that does not advertise MOVE (UIDPLUS stays): the COPY fallback path."""
-    server = Dovecot(
-        tmp_path_factory.mktemp("dovecot-nomove"), capability_trim=f"{CAPABILITIES} UIDPLUS"
-    )
-    for name in USERS[:8]:
-        server.add_user(name)
-    server.start()
-    yield server
-    server.stop()
+    root = tmp_path_factory.mktemp("dovecot-nomove")
+    with running_dovecot(root, USERS[:8], capability_trim=f"{CAPABILITIES} UIDPLUS") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def dovecot_bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
     """A Dovecot with neither MOVE nor UIDPLUS."""
-    server = Dovecot(tmp_path_factory.mktemp("dovecot-bare"), capability_trim=CAPABILITIES)
-    for name in USERS[:8]:
-        server.add_user(name)
-    server.start()
-    yield server
-    server.stop()
+    root = tmp_path_factory.mktemp("dovecot-bare")
+    with running_dovecot(root, USERS[:8], capability_trim=CAPABILITIES) as server:
+        yield server

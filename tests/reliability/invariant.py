@@ -12,8 +12,10 @@ import hashlib
 import json
 import random
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -78,19 +80,17 @@ def locate(user: MailUser) -> dict[str, list[tuple[str, set[str], str, int]]]:
 
 @dataclass
 class Findings:
-    """What the invariant found, by kind (all zero when it holds)."""
+    """What the invariant found: a count per kind and a line per problem (none: it holds).
 
-    lost: int = 0
-    duplicated: int = 0
-    misrouted: int = 0
-    changed: int = 0
-    deleted: int = 0
-    state: int = 0
-    pending: int = 0
+    Kinds: lost, duplicated, misrouted, changed, deleted (left \\Deleted), state (the
+    state DB disagrees with the server) and pending (decisions never finished).
+    """
+
+    counts: Counter[str] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
 
     def add(self, kind: str, problem: str) -> None:
-        setattr(self, kind, getattr(self, kind) + 1)
+        self.counts[kind] += 1
         self.problems.append(problem)
 
 
@@ -161,7 +161,7 @@ def examine(
     pending = db.execute("SELECT count(*) FROM decisions WHERE status = 'pending'").fetchone()[0]
     db.close()
     if pending:
-        found.pending = int(pending)
+        found.counts["pending"] = int(pending)
         found.problems.append(f"{pending} decisions still pending")
     return found
 
@@ -180,15 +180,10 @@ def rerun_actions(user: MailUser, workdir: Path) -> int:
 
 
 def check(
-    user: MailUser,
-    workdir: Path,
-    seeds: dict[str, Seed],
-    *,
-    destinations: set[str],
-    source: str = "INBOX",
-    rerun: bool = True,
+    user: MailUser, workdir: Path, seeds: dict[str, Seed], *, rerun: bool = True, **where: Any
 ) -> None:
-    found = examine(user, workdir, seeds, destinations=destinations, source=source)
+    """Assert the invariant; ``where`` is :func:`examine`'s destinations (and source)."""
+    found = examine(user, workdir, seeds, **where)
     assert not found.problems, "\n".join(found.problems[:20])
     if rerun:
         assert rerun_actions(user, workdir) == 0, "a rerun acted"

@@ -9,13 +9,13 @@ import random
 from pathlib import Path
 
 import pytest
-import yaml
 
 from daemon.service.faults import KILL_AT_COMMAND, KILL_AT_WRITE
 from daemon.store.state import StateStore
 from tests.dovecot import Dovecot
 from tests.mail_fixtures import USERS, MailUser, cli
 from tests.reliability.invariant import check, seed_messages
+from tests.scaffold import edited_settings
 
 DESTINATION = "Triage/All"
 
@@ -39,30 +39,34 @@ def reset(user: MailUser, workdir: Path) -> None:
         store.set_folder("work", "INBOX", int(info[b"UIDVALIDITY"]), int(info[b"UIDNEXT"]) - 1)
 
 
-@pytest.mark.parametrize("hook", [KILL_AT_WRITE, KILL_AT_COMMAND])
-def test_kill_at_every_point_of_a_batch(hook: str, workdir: Path, mail_user: MailUser) -> None:
+def kill_at_every_point(hook: str, user: MailUser, workdir: Path, prefix: str) -> None:
+    """Kill at the n-th write/command for n = 1, 2, ... until a cycle gets past them all."""
     crashes = 0
     for n in range(1, 60):
-        reset(mail_user, workdir)
-        seeds = seed_messages(mail_user, 20, f"{hook[-7:].lower()}{n}")
+        reset(user, workdir)
+        seeds = seed_messages(user, 20, f"{prefix}{hook[-7:].lower()}{n}")
         crashed = cli(workdir, "once", check=False, env={hook: str(n)})
         if crashed.returncode == 0:
-            check(mail_user, workdir, seeds, destinations={DESTINATION})
+            check(user, workdir, seeds, destinations={DESTINATION})
             break  # n is past the last write/command of the cycle
         assert crashed.returncode == -9, (n, crashed.stdout, crashed.stderr)
         crashes += 1
         cli(workdir, "once")  # restart: reconcile and finish
-        check(mail_user, workdir, seeds, destinations={DESTINATION}, rerun=n % 5 == 0)
+        check(user, workdir, seeds, destinations={DESTINATION}, rerun=n % 5 == 0)
     else:
         pytest.fail("the cycle never completed")
     assert crashes >= (3 if hook == KILL_AT_WRITE else 10), crashes
 
 
+@pytest.mark.parametrize("hook", [KILL_AT_WRITE, KILL_AT_COMMAND])
+def test_kill_at_every_point_of_a_batch(hook: str, workdir: Path, mail_user: MailUser) -> None:
+    kill_at_every_point(hook, mail_user, workdir, "")
+
+
 def test_random_kills_during_a_long_run(workdir: Path, mail_user: MailUser) -> None:
     reset(mail_user, workdir)
-    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
-    settings["accounts"][0]["batch_size"] = 10  # several batches per cycle
-    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+    with edited_settings(workdir) as settings:
+        settings["accounts"][0]["batch_size"] = 10  # several batches per cycle
     seeds = seed_messages(mail_user, 100, "random")
     rng = random.Random(4)
     kills = 0
@@ -86,25 +90,10 @@ def test_kill_at_every_point_on_the_copy_fallback(
 ) -> None:
     """The same on a server without MOVE: COPY + STORE \\Deleted + UID EXPUNGE."""
     user = MailUser(USERS[2 if hook == KILL_AT_WRITE else 3], dovecot_without_move)
-    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
-    settings["accounts"][0].update(
-        username=user.name,
-        port=dovecot_without_move.tls_port,
-        ca_file=str(dovecot_without_move.cert),
-    )
-    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
-    crashes = 0
-    for n in range(1, 60):
-        reset(user, workdir)
-        seeds = seed_messages(user, 20, f"fb-{hook[-7:].lower()}{n}")
-        crashed = cli(workdir, "once", check=False, env={hook: str(n)})
-        if crashed.returncode == 0:
-            check(user, workdir, seeds, destinations={DESTINATION})
-            break
-        assert crashed.returncode == -9, (n, crashed.stdout, crashed.stderr)
-        crashes += 1
-        cli(workdir, "once")
-        check(user, workdir, seeds, destinations={DESTINATION}, rerun=n % 5 == 0)
-    else:
-        pytest.fail("the cycle never completed")
-    assert crashes >= (3 if hook == KILL_AT_WRITE else 10), crashes
+    with edited_settings(workdir) as settings:
+        settings["accounts"][0].update(
+            username=user.name,
+            port=dovecot_without_move.tls_port,
+            ca_file=str(dovecot_without_move.cert),
+        )
+    kill_at_every_point(hook, user, workdir, "fb-")

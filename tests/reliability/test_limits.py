@@ -5,51 +5,38 @@ connection per account; over a 1 KiB/s link it still finishes correctly."""
 
 from __future__ import annotations
 
-import json
-import signal
-import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from imapclient import IMAPClient
 
-from tests.dovecot import PASSWORD, Dovecot, free_port
-from tests.mail_fixtures import ENV, USERS, MailUser, cli
+from tests.dovecot import Dovecot, free_port, running_dovecot
+from tests.mail_fixtures import USERS, MailUser, cli
 from tests.proxy import Proxy
 from tests.reliability.invariant import check, seed_messages
+from tests.scaffold import edited_settings, launch_daemon
 
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    server = Dovecot(
-        tmp_path_factory.mktemp("dovecot-limited"),
-        extra_config="protocol imap {\n  mail_max_userip_connections = 2\n}\n",
-    )
-    for name in USERS[:4]:
-        server.add_user(name)
-    server.start()
-    yield server
-    server.stop()
+    limit = "protocol imap {\n  mail_max_userip_connections = 2\n}\n"
+    root = tmp_path_factory.mktemp("dovecot-limited")
+    with running_dovecot(root, USERS[:4], extra_config=limit) as server:
+        yield server
 
 
 def through(workdir: Path, proxy: Proxy, user: MailUser, **extra: object) -> None:
-    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
-    settings.update(extra)
-    settings["accounts"][0].update(
-        host="127.0.0.1", port=proxy.port, tls="none", allow_plaintext=True, username=user.name
-    )
-    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
+    with edited_settings(workdir) as settings:
+        settings.update(extra)
+        settings["accounts"][0].update(
+            host="127.0.0.1", port=proxy.port, tls="none", allow_plaintext=True, username=user.name
+        )
 
 
-def hog(server: Dovecot, user: MailUser) -> IMAPClient:
-    context = ssl.create_default_context(cafile=str(server.cert))
-    client = IMAPClient("127.0.0.1", port=server.tls_port, ssl=True, ssl_context=context)
-    client.login(user.name, PASSWORD)
+def hog(user: MailUser) -> IMAPClient:
+    client = user.client()
     client.select_folder("INBOX")
     return client
 
@@ -68,15 +55,8 @@ def test_connection_limit_backoff(workdir: Path, limited: Dovecot) -> None:
     )
     cli(workdir, "once")
     seeds = seed_messages(user, 5, "limit")
-    hogs = [hog(limited, user), hog(limited, user)]  # both slots taken
-    log = (workdir / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(workdir / "cleaninbox.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-        cwd=workdir,
-    )
+    hogs = [hog(user), hog(user)]  # both slots taken
+    daemon = launch_daemon(workdir)
     try:
         time.sleep(6)
         # Refused while the slots are taken (checked in the audit log: no IMAP slot free).
@@ -86,20 +66,13 @@ def test_connection_limit_backoff(workdir: Path, limited: Dovecot) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(user.messages("Triage/All")) < len(seeds):
             time.sleep(0.5)
-        assert daemon.poll() is None
+        assert daemon.process.poll() is None
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=30)
-        log.close()
+        code = daemon.stop()
         proxy.close()
     assert code == 0
     assert proxy.max_concurrent <= 1  # one connection per account, never more
-    events = [
-        json.loads(line)
-        for line in (workdir / "daemon.log").read_text().splitlines()
-        if line.startswith("{")
-    ]
-    refused = [e for e in events if e["event"] == "cycle_failed"]
+    refused = [e for e in daemon.events() if e["event"] == "cycle_failed"]
     assert refused and "Maximum number of connections" in refused[0]["error"], refused[:1]
     assert len(refused) <= 6  # backing off, not hammering
     check(user, workdir, seeds, destinations={"Triage/All"})

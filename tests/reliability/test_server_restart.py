@@ -3,10 +3,6 @@ running daemon backs off, resumes, and does not crash or loop; the invariant hol
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,22 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.dovecot import Dovecot, free_port
-from tests.mail_fixtures import ENV, USERS, MailUser
+from tests.dovecot import Dovecot, free_port, running_dovecot
+from tests.mail_fixtures import USERS, MailUser
 from tests.proxy import Proxy
 from tests.reliability.invariant import check, seed_messages
+from tests.scaffold import edited_settings, launch_daemon
 
 
 @pytest.fixture(scope="module")
 def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    server = Dovecot(tmp_path_factory.mktemp("dovecot-restart"))
-    for name in USERS[:4]:
-        server.add_user(name)
-    server.start()
-    yield server
-    server.stop()
+    with running_dovecot(tmp_path_factory.mktemp("dovecot-restart"), USERS[:4]) as server:
+        yield server
 
 
 def metric(base: str, name: str) -> float:
@@ -44,28 +36,20 @@ def test_dovecot_killed_mid_batch(down_for: int, workdir: Path, restartable: Dov
     user = MailUser(USERS[0 if down_for == 5 else 1], restartable)
     port = free_port()
     proxy = Proxy(restartable.port)
-    settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())
-    settings.update(
-        poll_interval=1, backoff_max=8, http={"enabled": True, "listen": f"127.0.0.1:{port}"}
-    )
-    settings["accounts"][0].update(
-        host="127.0.0.1",
-        port=proxy.port,
-        tls="none",
-        allow_plaintext=True,
-        username=user.name,
-        batch_size=5,
-    )
-    (workdir / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))
-    log = (workdir / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(workdir / "cleaninbox.yaml")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-        cwd=workdir,
-    )
+    with edited_settings(workdir) as settings:
+        settings.update(
+            poll_interval=1, backoff_max=8, http={"enabled": True, "listen": f"127.0.0.1:{port}"}
+        )
+        settings["accounts"][0].update(
+            host="127.0.0.1",
+            port=proxy.port,
+            tls="none",
+            allow_plaintext=True,
+            username=user.name,
+            batch_size=5,
+        )
     base = f"http://127.0.0.1:{port}"
+    daemon = launch_daemon(workdir)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -92,20 +76,13 @@ def test_dovecot_killed_mid_batch(down_for: int, workdir: Path, restartable: Dov
             if len(user.messages("Triage/All")) == len(seeds):
                 break
             time.sleep(0.5)
-        assert daemon.poll() is None, "the daemon died"
+        assert daemon.process.poll() is None, "the daemon died"
         assert metric(base, "cleaninbox_connection_up") == 1
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=30)
-        log.close()
+        code = daemon.stop()
         proxy.close()
     assert code == 0
-    events = [
-        json.loads(line)
-        for line in (workdir / "daemon.log").read_text().splitlines()
-        if line.startswith("{")
-    ]
-    failures = [e for e in events if e["event"] == "cycle_failed"]
+    failures = [e for e in daemon.events() if e["event"] == "cycle_failed"]
     assert failures, "the outage was not noticed"
     # Backing off (1, 2, 4, 8, 8... s) rather than looping: a handful of attempts.
     assert len(failures) <= down_for // 4 + 6, len(failures)
