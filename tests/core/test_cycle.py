@@ -75,3 +75,31 @@ def test_a_decided_message_is_never_decided_again(make_world: MakeWorld) -> None
     world.cycle()
     assert world.settle()[-1].new == 0  # nothing is decided twice
     check(world, originals, expected("move", ["card", "fee"]))
+
+
+def test_every_log_event_names_its_logger_and_a_cycle_binds_account_and_folder(
+    make_world: MakeWorld, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The JSON log as the daemon writes it: each line says which module logged it, and
+    the lines of a cycle carry the account and folder without the code passing them."""
+    import json
+
+    import structlog
+
+    from daemon.logs import configure_logging
+
+    world = make_world(batch_size=4)
+    deliver(world, ["card", "unsure"])
+    capsys.readouterr()
+    configure_logging("json", "info")
+    try:
+        world.cycle()
+    finally:
+        structlog.reset_defaults()
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    decisions = [e for e in events if e["event"] == "decision"]
+    assert len(decisions) == 2
+    assert all(e["logger"].startswith("daemon.") for e in events), events
+    assert {(e["logger"], e["account"], e["folder"]) for e in decisions} == {
+        ("daemon.core.accounting", world.account.name, "INBOX")
+    }
