@@ -15,7 +15,8 @@ from daemon.config.settings import Settings
 from daemon.core.runtime import Runtime
 from daemon.metrics import Metrics
 from daemon.model.samples import render_email
-from daemon.service.http import Health, create_app
+from daemon.service.health import Health
+from daemon.service.http import create_app
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import stamina
 import structlog
-from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from structlog.contextvars import bound_contextvars
 
@@ -36,9 +36,12 @@ from daemon.metrics import Metrics
 from daemon.model.promotion import RetrainResult
 from daemon.service.backoff import backoff_delay
 from daemon.service.faults import open_mailbox_with_hooks
-from daemon.service.http import Health, create_app, serve_in_thread
+from daemon.service.health import Health
 from daemon.service.idle import STOP_CHECK, IdleWatcher
 from daemon.store.state import StateStore
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds a running cycle gets to finish after SIGTERM
@@ -285,6 +288,8 @@ class Service:
         server = None
         http_error: list[BaseException] = []
         if self.settings.http.enabled:
+            from daemon.service.http import create_app, serve_in_thread  # FastAPI: only if on
+
             token = self.settings.http.token()
             app = create_app(
                 self.settings,
@@ -294,6 +299,8 @@ class Service:
                 token.get_secret_value() if token else None,
             )
             server = serve_in_thread(app, self.settings, http_error.append)
+        from apscheduler.schedulers.background import BackgroundScheduler  # only `run` needs it
+
         scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         )
