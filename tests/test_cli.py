@@ -106,6 +106,14 @@ def test_missing_bundle_is_one_line_exit_2(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("source", ["none", "file"])
+def test_publish_from_a_missing_source_is_one_line_exit_2(tmp_path: Path, source: str) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    result = run("models", "publish", str(tmp_path / source), str(tmp_path / "out"))
+    assert_one_line_error(result, 2, f"{tmp_path / source}: not a directory")
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_missing_data_dir(tmp_path: Path) -> None:
     result = run(
         "train",

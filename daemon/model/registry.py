@@ -124,6 +124,8 @@ def publish(source: Path, target: Path) -> Manifest:
     one that was trained (the pipeline's export stage). ``target`` is replaced."""
     import shutil
 
+    if not source.is_dir():
+        raise ConfigError(f"{source}: not a directory (give the training output directory)")
     bundles = [p for p in sorted(source.iterdir()) if (p / MANIFEST_NAME).is_file()]
     if len(bundles) != 1:
         raise ConfigError(f"{source}: expected exactly one bundle, found {len(bundles)}")
