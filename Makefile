@@ -19,14 +19,18 @@ system-deps:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  echo "installing Debian's docker-compose (tests validate deploy/compose.yaml; no engine needed)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+	@command -v pg_dump >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql (tests start their own server in a temporary directory)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
 	@# The Debian packages enable system services we never use; the tests start their own.
 	@-service dovecot stop >/dev/null 2>&1 || true
+	@-service postgresql stop >/dev/null 2>&1 || true
 	@-service prometheus stop >/dev/null 2>&1 || true
 
 $(BIN)/cleaninbox: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,dev,postgresql]'
 	@touch $@
 
 venv: $(BIN)/cleaninbox
@@ -41,10 +45,11 @@ typecheck: venv
 test: system-deps venv lint typecheck
 	$(BIN)/pytest -q
 
-# The quick loop: lint, types, unit tests and the in-process triage core (tests/core); no
-# Dovecot, no training run (tests marked dovecot, slow or trains are left to `make test`).
+# The quick loop: lint, types, unit tests and the in-process triage core (tests/core) on
+# SQLite; no Dovecot, no PostgreSQL, no training run (tests marked dovecot, postgres, slow
+# or trains are left to `make test`).
 test-fast: venv lint typecheck
-	$(BIN)/pytest -q -m "not dovecot and not slow and not trains"
+	$(BIN)/pytest -q -m "not dovecot and not postgres and not slow and not trains"
 
 demo: venv
 	$(BIN)/cleaninbox demo

@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Dovecot, mail users and daemon working directories for integration and reliability tests.
-pytest_plugins = ["tests.mail_fixtures"]
+pytest_plugins = ["tests.mail_fixtures", "tests.postgres"]
 
 
 def banking77_path() -> Path:
@@ -75,8 +75,22 @@ _TRAINING_FIXTURES = {"tiny_bundle", "bundle_copy"}
 _TRAINING_FILES = {"test_sweep.py", "test_tracking.py", "test_dvc_pipeline.py"}
 
 
+#: Fixtures whose "postgresql" parameter puts the test on the session's PostgreSQL.
+_ENGINE_PARAMS = ("state_location", "state_dir", "engine")
+
+
+def _uses_postgres(item: pytest.Item) -> bool:
+    if {"pg_server", "pg_url"} & set(getattr(item, "fixturenames", ())):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(params.get(name) == "postgresql" for name in _ENGINE_PARAMS)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if _uses_postgres(item):
+            item.add_marker(pytest.mark.postgres)
+            item.add_marker(pytest.mark.posix)
         path = Path(str(item.fspath))
         if path.name in _TRAINING_FILES or _TRAINING_FIXTURES & set(
             getattr(item, "fixturenames", ())
@@ -87,3 +101,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.posix)
         elif path.name in _POSIX_FILES:
             item.add_marker(pytest.mark.posix)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """A fresh state location on each engine: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state.db"
+    return str(request.getfixturevalue("pg_url"))

@@ -105,8 +105,30 @@ def mail_user(dovecot: Dovecot) -> MailUser:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, tiny_bundle: Path, mail_user: MailUser, dovecot: Dovecot) -> Path:
-    """cleaninbox.yaml + rules for ``mail_user``; the tiny bundle never abstains."""
+def engine(request: pytest.FixtureRequest) -> str:
+    """The state's engine for ``workdir``: sqlite unless a test parametrises it
+    (``@pytest.mark.parametrize("engine", ENGINES, indirect=True)``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+#: Both state engines, for ``parametrize("engine", ENGINES, indirect=True)``.
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture
+def workdir(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    tiny_bundle: Path,
+    mail_user: MailUser,
+    dovecot: Dovecot,
+    engine: str,
+) -> Path:
+    """cleaninbox.yaml + rules for ``mail_user``; the tiny bundle never abstains. The
+    state is a SQLite file under var/, or a fresh PostgreSQL schema (``engine``)."""
+    state = {}
+    if engine == "postgresql":
+        state = {"state": request.getfixturevalue("pg_server").schema_url()}
     account = dovecot_account(
         dovecot, mail_user.name, kind="imap", tls="implicit", folders=["INBOX"]
     )
@@ -118,6 +140,7 @@ def workdir(tmp_path: Path, tiny_bundle: Path, mail_user: MailUser, dovecot: Dov
         jitter=0,
         log_format="json",
         classifier=NEVER_ABSTAIN,
+        **state,
     )
     return tmp_path
 

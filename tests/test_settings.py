@@ -74,6 +74,15 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ({"accounts": [{**IMAP, "name": "a b"}]}, "accounts.0.name"),
         ({"http": {"listen": "9464"}}, "http.listen"),
         ({"poll_interval": 0}, "poll_interval"),
+        ({"state": "mysql://db/x"}, "unsupported database 'mysql'"),
+        ({"state": "https://example.org/state.db"}, "unsupported database 'https'"),
+        ({"state": "sqlite:///var/state.db"}, "give a SQLite file path"),
+        ({"state": "postgresql://"}, "names no host or database"),
+        ({"state_password_env": "PGPW"}, "apply only to a postgresql:// state"),
+        (
+            {"state": "postgresql://h/d", "state_password_env": "A", "state_password_file": "f"},
+            "at most one of state_password_env",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, data: dict[str, object], fragment: str) -> None:
@@ -160,3 +169,20 @@ def test_retrain_schedule_is_validated(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, good))
     assert settings.retrain is not None
     assert settings.retrain.config == tmp_path / "configs/train.yaml"
+
+
+def test_state_is_a_path_or_a_postgresql_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path is relative to the settings file; a URL is kept as given, its password
+    read from the env var or file named beside it (never from the settings file)."""
+    assert load_settings(write(tmp_path, {"state": "var/s.db"})).state == tmp_path / "var/s.db"
+    url = "postgresql://cleaninbox@db.example.org:5433/triage"
+    monkeypatch.setenv("PGPW", "pg-secret")
+    settings = load_settings(write(tmp_path, {"state": url, "state_password_env": "PGPW"}))
+    assert settings.state == url
+    assert settings.state_password() == "pg-secret"
+    (tmp_path / "pw").write_text("from-file\n")
+    settings = load_settings(write(tmp_path, {"state": url, "state_password_file": "pw"}))
+    assert settings.state_password() == "from-file"
+    assert load_settings(write(tmp_path, {"state": url})).state_password() is None

@@ -1,4 +1,5 @@
-"""The state store: migrations, the write-ahead journal, the single-instance lock."""
+"""The state store on both engines: migrations, the write-ahead journal, corrections; and
+what is SQLite's own (WAL, the single-instance lock, online backup, pre-Alembic files)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from daemon.errors import StateError
-from daemon.store.migrations import MIGRATIONS
+from daemon.store import migrations
+from daemon.store.schema import metadata
 from daemon.store.state import NewDecision, StateStore
 
 
@@ -40,16 +43,36 @@ def decision(uid: int, status: str = "pending", **kw: object) -> NewDecision:
     return NewDecision(**base)  # type: ignore[arg-type]
 
 
-def test_schema_is_migrated_and_wal(tmp_path: Path) -> None:
-    with StateStore(tmp_path / "s.db") as store:
-        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    with StateStore(tmp_path / "s.db") as store:  # reopening migrates nothing
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+def _schema_drift(store: StateStore) -> list[object]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with store.database.engine.connect() as conn:
+        return list(compare_metadata(MigrationContext.configure(conn), metadata))
 
 
-def test_journal_round_trip(tmp_path: Path) -> None:
-    with StateStore(tmp_path / "s.db") as store:
+def test_migrations_build_exactly_the_schema(state_location: Path | str) -> None:
+    """The tables are defined once (daemon/store/schema.py); the Alembic revisions build
+    exactly that on either engine, and reopening migrates nothing."""
+    with StateStore(state_location) as store:
+        assert _schema_drift(store) == []
+        with store.database.engine.connect() as conn:
+            assert migrations.current(conn) == migrations.head()
+    with StateStore(state_location) as store:
+        assert store.writes == 0
+
+
+def test_sqlite_is_wal_and_marked_as_alembic_managed(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s.db"):
+        pass
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == migrations.ALEMBIC_MANAGED
+    db.close()
+
+
+def test_journal_round_trip(state_location: Path | str) -> None:
+    with StateStore(state_location) as store:
         ids = store.record([decision(1), decision(2), decision(3, status="skipped")])
         assert [d.uid for d in store.pending()] == [1, 2]
         store.finish([ids[0]], "done")
@@ -68,8 +91,8 @@ def test_journal_round_trip(tmp_path: Path) -> None:
         assert store.folder("a", "INBOX").high_water == 42  # type: ignore[union-attr]
 
 
-def test_model_input_text_is_stored_only_when_given(tmp_path: Path) -> None:
-    with StateStore(tmp_path / "s.db") as store:
+def test_model_input_text_is_stored_only_when_given(state_location: Path | str) -> None:
+    with StateStore(state_location) as store:
         store.record([decision(1), decision(2, text="my card")])
         texts = {d.uid: d.text for d in store.history()}
         assert texts == {1: None, 2: "my card"}
@@ -97,14 +120,21 @@ def test_corrupt_and_read_only_databases_are_clear_errors(tmp_path: Path) -> Non
         StateStore(tmp_path / "none.db", read_only=True)
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
+def test_newer_schema_is_refused(state_location: Path | str) -> None:
+    """A database written by a newer CleanInbox (a revision this one does not know)."""
+    with StateStore(state_location) as store, store.database.transaction() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(StateError, match="revision 9999, newer than this CleanInbox"):
+        StateStore(state_location)
+
+
+def test_a_pre_alembic_version_from_the_future_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    StateStore(path).close()
     db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    db.execute("PRAGMA user_version = 8")
     db.commit()
     db.close()
-    with pytest.raises(StateError, match="newer than this CleanInbox"):
+    with pytest.raises(StateError, match="schema version 8, newer than this CleanInbox"):
         StateStore(path)
 
 
@@ -142,7 +172,7 @@ def test_backup_while_the_daemon_holds_the_state(tmp_path: Path) -> None:
         assert [d.uid for d in restored.pending()] == [1]
 
 
-def test_every_field_of_a_decision_round_trips(tmp_path: Path) -> None:
+def test_every_field_of_a_decision_round_trips(state_location: Path | str) -> None:
     """The record is defined once: what is journaled is what history reads back."""
     new = decision(
         4,
@@ -151,7 +181,7 @@ def test_every_field_of_a_decision_round_trips(tmp_path: Path) -> None:
         text="model input",
         reason="why",
     )
-    with StateStore(tmp_path / "s.db") as store:
+    with StateStore(state_location) as store:
         (decision_id,) = store.record([new])
         (stored,) = store.history()
     assert stored.id == decision_id and stored.created_at and stored.done_at
@@ -167,11 +197,7 @@ def test_a_schema_2_database_migrates_its_plans(tmp_path: Path) -> None:
 
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    for number, script in enumerate(MIGRATIONS[:2], start=1):
-        for statement in script.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version = {number}")
+    db.executescript((Path(__file__).parent / "data" / "state_schema_2.sql").read_text())
     old_plan = {
         "rule": "cards",
         "keywords": ["$card"],
@@ -192,7 +218,9 @@ def test_a_schema_2_database_migrates_its_plans(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with StateStore(path) as store:
-        columns = {row[1] for row in store.db.execute("PRAGMA table_info(decisions)")}
+        with store.database.engine.connect() as conn:
+            columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(decisions)")}
+            assert migrations.current(conn) == migrations.head()
         (pending,) = store.pending()
     assert "dest_uidnext" not in columns
     assert pending.plan is not None and pending.plan["v"] == 2

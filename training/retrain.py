@@ -44,15 +44,18 @@ Log = Callable[[str], None]
 REPORTS = "retrain-reports"
 
 
-def load_corrections(csv_path: Path | None, state: Path | None) -> list[Example]:
+def load_corrections(
+    csv_path: Path | None, state: Path | str | None, password: str | None = None
+) -> list[Example]:
     """The corrections to learn from: the CSV when one is given (``cleaninbox feedback
     export``, or a hand-made file), else those in the daemon's state database, read
-    without taking its lock so a running daemon is never in the way."""
+    without taking its lock so a running daemon is never in the way (``state``: a SQLite
+    file or a PostgreSQL URL)."""
     if csv_path is not None:
         return read_corrections_csv(csv_path)
     if state is None:
         raise ConfigError("no corrections to read: give a corrections CSV or a state database")
-    with StateStore(state, read_only=True, lock=False) as store:
+    with StateStore(state, password=password, read_only=True, lock=False) as store:
         return [Example(c.text, c.corrected) for c in store.corrections()]
 
 

@@ -2,7 +2,8 @@
 
 The commands are grouped by who uses them: :mod:`daemon.cli.model` (making and shipping
 models), :mod:`daemon.cli.service` (running the daemon), :mod:`daemon.cli.audit` (looking
-back at what it did) and :mod:`daemon.cli.demo`; :mod:`daemon.cli.common` has what they
+back at what it did), :mod:`daemon.cli.state` (the state store itself) and
+:mod:`daemon.cli.demo`; :mod:`daemon.cli.common` has what they
 share. Every :class:`~daemon.errors.CleanInboxError` becomes one line on stderr and the
 error's exit code (2: bad input, 1: failure at run time).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import click
 
 from daemon import __version__
-from daemon.cli import audit, demo, model, service
+from daemon.cli import audit, demo, model, service, state
 from daemon.cli.common import Group
 
 
@@ -40,6 +41,7 @@ for _command in (
     audit.feedback,
     audit.backup,
     audit.undo,
+    state.state,
 ):
     main.add_command(_command)
 

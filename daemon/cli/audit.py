@@ -70,7 +70,9 @@ def history(
 
     settings = load_settings(config_path, overrides)
     since_at = since_iso(since)
-    with StateStore(settings.state, read_only=True, lock=False) as store:
+    with StateStore(
+        settings.state, password=settings.state_password(), read_only=True, lock=False
+    ) as store:
         rows = store.history(account=account, since=since_at, limit=limit)
     for d in rows:
         if as_json:
@@ -105,7 +107,9 @@ def feedback_export(
     from daemon.store.state import StateStore
 
     settings = load_settings(config_path, overrides)
-    with StateStore(settings.state, read_only=True, lock=False) as store:
+    with StateStore(
+        settings.state, password=settings.state_password(), read_only=True, lock=False
+    ) as store:
         rows = store.corrections(account)
     written = write_corrections_csv(output, rows)
     click.echo(f"{written} correction(s) written to {output}")
@@ -120,9 +124,11 @@ def backup(target: Path, config_path: Path | None, overrides: tuple[str, ...]) -
     from daemon.store.state import StateStore
 
     settings = load_settings(config_path, overrides)
-    with StateStore(settings.state, read_only=True, lock=False) as store:
+    with StateStore(
+        settings.state, password=settings.state_password(), read_only=True, lock=False
+    ) as store:
         size = store.backup(target)
-    click.echo(f"state {settings.state} backed up to {target} ({size:,} bytes)")
+    click.echo(f"state {store.where} backed up to {target} ({size:,} bytes)")
 
 
 @click.command()
@@ -158,7 +164,7 @@ def undo(
             boxes[name].open()
         return boxes[name]
 
-    with StateStore(settings.state) as store:
+    with StateStore(settings.state, password=settings.state_password()) as store:
         todo = undoable(store, since=since, decision_id=decision_id)
         try:
             results = run_undo(store, todo, mailbox_for, dry_run=dry_run)

@@ -110,11 +110,13 @@ def sweep(config_path: Path, overrides: tuple[str, ...]) -> None:
     default=None,
     help="A CSV from `cleaninbox feedback export` instead of the daemon's state.",
 )
-@path_option(
+@click.option(
     "--state",
     "state_path",
     default=None,
-    help="Read the corrections from this state database (what the daemon's job passes).",
+    metavar="PATH|URL",
+    help="Read the corrections from this state: a SQLite file or a postgresql:// URL "
+    "(what the daemon's job passes; the password from libpq's environment, PGPASSWORD).",
 )
 @models_dir_option(
     default=None, help="Registry (default: the directory of the settings' model, else models)."
@@ -125,7 +127,7 @@ def retrain(
     config_path: Path,
     settings_path: Path | None,
     corrections: Path | None,
-    state_path: Path | None,
+    state_path: str | None,
     models_dir: Path | None,
     overrides: tuple[str, ...],
     as_json: bool,
@@ -158,7 +160,7 @@ def retrain(
 def _corrections(
     settings_path: Path | None,
     corrections: Path | None,
-    state_path: Path | None,
+    state_path: str | None,
     models_dir: Path | None,
 ) -> tuple[list[Example], Path]:
     """The corrections (from the CSV, the given state, or else the settings' state) and
@@ -166,13 +168,18 @@ def _corrections(
     were read, else ``models``)."""
     from training.retrain import load_corrections
 
-    registry, state = models_dir or DEFAULT_MODELS_DIR, state_path
-    if corrections is None and state_path is None:
+    registry = models_dir or DEFAULT_MODELS_DIR
+    state: Path | str | None = None
+    password = None
+    if state_path is not None:
+        state = state_path if "://" in state_path else Path(state_path)
+    elif corrections is None:
         from daemon.config.settings import load_settings
 
         settings = load_settings(settings_path)
         registry, state = models_dir or settings.model.parent, settings.state
-    return load_corrections(corrections, state), registry
+        password = settings.state_password()
+    return load_corrections(corrections, state, password), registry
 
 
 @click.command()

@@ -19,6 +19,8 @@ from daemon.config.yaml_settings import YamlSettings
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG = Path("cleaninbox.yaml")
+#: URL schemes ``state:`` accepts (PostgreSQL); any other ``scheme://`` is refused.
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -53,6 +55,22 @@ def read_secret(
             raise ConfigError(f"{owner}: cannot read {file}: {exc.strerror}") from exc
         return SecretStr(text.strip() if strip else text.rstrip("\r\n"))
     return None
+
+
+def state_location(value: str) -> Path | str:
+    """``state:`` as given: a path, or a PostgreSQL URL; any other URL is refused, never
+    taken for a file name."""
+    if "://" not in value:
+        return Path(value)
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in POSTGRES_SCHEMES:
+        raise ValueError(
+            f"unsupported database {scheme!r}: give a SQLite file path "
+            "or a postgresql://host/database URL"
+        )
+    if not value.split("://", 1)[1].strip("/"):
+        raise ValueError("the postgresql:// URL names no host or database")
+    return value
 
 
 PROVIDERS = {
@@ -372,7 +390,16 @@ class Settings(YamlSettings):
 
     model: Path = Field(default=Path("models/current"), description="Model bundle directory.")
     rules: Path = Field(default=Path("rules.yaml"), description="Rules file.")
-    state: Path = Field(default=Path("var/state.db"), description="SQLite state database.")
+    state: Path | str = Field(
+        default=Path("var/state.db"),
+        description="State: a SQLite file (the default) or a postgresql://host/db URL.",
+    )
+    state_password_env: str | None = Field(
+        default=None, description="PostgreSQL state: env var holding the password."
+    )
+    state_password_file: Path | None = Field(
+        default=None, description="PostgreSQL state: file holding the password."
+    )
     dry_run: bool = Field(default=False, description="Decide and log, change nothing.")
     poll_interval: float = Field(default=60.0, gt=0, description="Default seconds per cycle.")
     jitter: float = Field(default=5.0, ge=0, description="Random delay added to each cycle.")
@@ -387,6 +414,25 @@ class Settings(YamlSettings):
     retrain: RetrainSchedule | None = Field(
         default=None, description="Optional: retrain on a schedule from inside the daemon."
     )
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _state_location(cls, value: object) -> object:
+        return state_location(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _state_password(self) -> Settings:
+        if isinstance(self.state, Path) and (self.state_password_env or self.state_password_file):
+            raise ValueError("state_password_env/_file apply only to a postgresql:// state")
+        if self.state_password_env and self.state_password_file:
+            raise ValueError("give at most one of state_password_env or state_password_file")
+        return self
+
+    def state_password(self) -> str | None:
+        """The PostgreSQL password from its env var or file (None: the URL's or libpq's
+        own, e.g. ``PGPASSWORD`` or ``~/.pgpass``)."""
+        secret = read_secret("state: password", self.state_password_env, self.state_password_file)
+        return None if secret is None else secret.get_secret_value()
 
     @model_validator(mode="after")
     def _unique_accounts(self) -> Settings:
@@ -416,9 +462,9 @@ def load_settings(path: Path | None, overrides: list[str] | None = None) -> Sett
     if path is not None:
         # Relative paths in the file are relative to the file, not to the working directory.
         base = path.resolve().parent
-        for field in ("model", "rules", "state"):
-            value: Path = getattr(settings, field)
-            if not value.is_absolute():
+        for field in ("model", "rules", "state", "state_password_file"):
+            value = getattr(settings, field)
+            if isinstance(value, Path) and not value.is_absolute():
                 setattr(settings, field, base / value)
         if settings.retrain is not None and not settings.retrain.config.is_absolute():
             settings.retrain.config = base / settings.retrain.config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from daemon.service.backoff import backoff_delay
 from daemon.service.faults import open_mailbox_with_hooks
 from daemon.service.health import Health
 from daemon.service.idle import STOP_CHECK, IdleWatcher
+from daemon.store.database import without_password
 from daemon.store.state import StateStore
 
 if TYPE_CHECKING:
@@ -66,7 +68,7 @@ class Service:
         self.stop = threading.Event()
         self.metrics = Metrics(registry)
         self.runtime = Runtime(settings, self.metrics)
-        self.store = StateStore(settings.state)
+        self.store = StateStore(settings.state, password=settings.state_password())
         self.triage = Triage(self.runtime, self.store, self.metrics, stop=self.stop)
         for account in settings.accounts:
             if account.oauth2 is not None:
@@ -211,6 +213,10 @@ class Service:
         schedule = self.settings.retrain
         assert schedule is not None
         nice = shutil.which("nice")
+        # A PostgreSQL password goes to the child in libpq's PGPASSWORD, never in its argv.
+        state, password = without_password(self.settings.state)
+        password = self.settings.state_password() or password
+        env = {**os.environ, **({"PGPASSWORD": password} if password else {})}
         command = [
             *([nice, "-n", "19"] if nice else []),
             sys.executable,
@@ -221,7 +227,7 @@ class Service:
             "--config",
             str(schedule.config),
             "--state",
-            str(self.settings.state),
+            state,
             "--models-dir",
             str(self.settings.model.parent),
         ]
@@ -230,6 +236,7 @@ class Service:
         try:
             result = subprocess.run(
                 command,
+                env=env,
                 capture_output=True,
                 text=True,
                 timeout=schedule.timeout_hours * 3600,

@@ -1,8 +1,11 @@
-"""SQLite plumbing for the state store: one file in WAL mode, its single-instance lock,
-the migrations, transactions (with the crash tests' write hook) and online backup.
+"""The state store's engines: a SQLite file (the embedded default) or a PostgreSQL
+database, behind one :class:`Database` (SQLAlchemy Core).
 
-Nothing here knows what a decision is; the repositories (:mod:`daemon.store.state`) run
-their queries through :meth:`Database.rows` and :meth:`Database.transaction`.
+Each engine brings what is its own: SQLite its single-instance lock file, WAL mode, one
+connection shared by the account threads and online backup; PostgreSQL a small
+connection pool, ``pg_dump`` for backups and an advisory lock around migrations. Both run
+the same migrations (:mod:`daemon.store.migrations`) and the same queries
+(:mod:`daemon.store.state`); nothing here knows what a decision is.
 """
 
 from __future__ import annotations
@@ -10,15 +13,20 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.pool import StaticPool
+
 from daemon.errors import StateError
-from daemon.store.migrations import MIGRATIONS
+from daemon.store import migrations
 
 if sys.platform == "win32":  # pragma: no cover - exercised by the Windows CI job only
     import msvcrt
@@ -47,19 +55,116 @@ else:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+#: URL schemes taken for PostgreSQL (the settings refuse any other ``scheme://``).
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+#: Connections one process keeps to PostgreSQL (pool) and may open beyond it in a burst.
+POOL_SIZE, POOL_OVERFLOW = 4, 4
+
+_WRITE = "cleaninbox_write"
+#: pg_advisory_lock key of the one process writing a PostgreSQL state ("CleanIns").
+_INSTANCE_LOCK = 0x436C65616E496E73
+
+
+def is_database_url(location: Path | str) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def display(location: Path | str) -> str:
+    """``location`` as logs and errors show it: a URL without its password."""
+    if not is_database_url(location):
+        return str(location)
+    url = sa.engine.make_url(str(location))
+    return url.set(drivername="postgresql").render_as_string(hide_password=True)
+
+
+def without_password(location: Path | str) -> tuple[str, str | None]:
+    """``location`` as a string without the URL's password, and that password."""
+    if not is_database_url(location):
+        return str(location), None
+    url = sa.engine.make_url(str(location))
+    password = None if url.password is None else str(url.password)
+    return url.set(password=None).render_as_string(hide_password=False), password
+
+
 class Database:
-    """One SQLite connection shared by the account threads (serialised by :attr:`mutex`)."""
+    """One state database: transactions, reads, backup. Open with :func:`open_database`."""
+
+    where: str
+    engine: sa.Engine
+    read_only: bool
+
+    def __init__(self) -> None:
+        self.writes = 0  # state writes committed (used by the crash-test hook)
+
+    # -- what each engine provides ---------------------------------------------------------
+    @contextmanager
+    def _connection(self, write: bool) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def explain(self, exc: BaseException) -> str:
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+    def backup(self, target: Path) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- shared ----------------------------------------------------------------------------
+    def _error(self, exc: sa.exc.DBAPIError) -> StateError:
+        return StateError(f"state {self.where}: {self.explain(exc.orig or exc)}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One write transaction: committed when the block ends, rolled back on error."""
+        if self.read_only:
+            raise StateError(f"state {self.where} is open read-only")
+        try:
+            with self._connection(write=True) as conn, conn.begin():
+                yield conn
+                hook = _write_hook
+                if hook is not None:
+                    hook(self.writes + 1)  # a test may kill the process before this commit
+        except sa.exc.DBAPIError as exc:
+            raise self._error(exc) from exc
+        self.writes += 1
+
+    def rows(self, statement: sa.Executable) -> list[sa.RowMapping]:
+        try:
+            with self._connection(write=False) as conn:
+                return list(conn.execute(statement).mappings())
+        except sa.exc.DBAPIError as exc:
+            raise self._error(exc) from exc
+
+    def _migrate(self) -> None:
+        try:
+            with self._connection(write=True) as conn:
+                migrations.upgrade(conn, self.where)
+        except sa.exc.DBAPIError as exc:
+            raise self._error(exc) from exc
+
+
+class SqliteDatabase(Database):
+    """One SQLite file in WAL mode, one connection shared by the account threads
+    (serialised by :attr:`mutex`), and a lock file so only one CleanInbox writes it."""
 
     def __init__(self, path: Path, *, read_only: bool = False, lock: bool = True) -> None:
+        super().__init__()
         self.path = path
+        self.where = str(path)
         self.read_only = read_only
         self._lock_handle: Any = None
         self.mutex = threading.RLock()
-        self.writes = 0  # state writes committed (used by the crash-test hook)
         if lock and not read_only:
             self._acquire_lock()
         try:
             self.db = self._connect()
+            self.engine = sa.create_engine(
+                "sqlite+pysqlite://", creator=lambda: self.db, poolclass=StaticPool
+            )
+            event.listen(self.engine, "begin", _begin_immediate)
             if not read_only:
                 self._migrate()
         except BaseException:
@@ -105,7 +210,6 @@ class Database:
             db = sqlite3.connect(
                 uri, uri=True, timeout=10, isolation_level=None, check_same_thread=False
             )
-            db.row_factory = sqlite3.Row
             if not self.read_only:
                 mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
@@ -117,7 +221,12 @@ class Database:
             raise StateError(f"state {self.path}: {self.explain(exc)}") from exc
         return db
 
-    def explain(self, exc: sqlite3.Error) -> str:
+    @contextmanager
+    def _connection(self, write: bool) -> Iterator[sa.Connection]:
+        with self.mutex, self.engine.connect() as conn:
+            yield conn.execution_options(**{_WRITE: write})
+
+    def explain(self, exc: BaseException) -> str:
         text = str(exc)
         if "disk I/O error" in text or "full" in text:
             try:
@@ -138,26 +247,6 @@ class Database:
         if "unable to open" in text:
             return "cannot open the database file (missing directory or no permission)"
         return text
-
-    def _migrate(self) -> None:
-        """Apply the migrations this database lacks, each in its own transaction."""
-        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-        if version > len(MIGRATIONS):
-            raise StateError(
-                f"state {self.path} has schema version {version}, newer than this CleanInbox "
-                f"({len(MIGRATIONS)}); upgrade CleanInbox"
-            )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            try:
-                with self.transaction() as db:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
-                    db.execute(f"PRAGMA user_version = {number}")
-            except sqlite3.Error as exc:
-                raise StateError(
-                    f"state {self.path}: migration {number} failed: {self.explain(exc)}"
-                ) from exc
 
     def backup(self, target: Path) -> int:
         """A consistent copy of the database at ``target`` while the daemon runs (SQLite's
@@ -183,42 +272,130 @@ class Database:
 
     def close(self) -> None:
         try:
+            self.engine.dispose()
             self.db.close()
         finally:
             self._release_lock()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        if self.read_only:
-            raise StateError(f"state {self.path} is open read-only")
-        with self.mutex:
-            yield from self._locked_transaction()
 
-    def _locked_transaction(self) -> Iterator[sqlite3.Connection]:
+def _begin_immediate(conn: sa.Connection) -> None:
+    """SQLite: a write transaction takes the write lock when it begins (no deadlock
+    between two writers upgrading their read locks); reads run without one."""
+    if conn.get_execution_options().get(_WRITE):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL database: a pool of at most ``POOL_SIZE + POOL_OVERFLOW`` connections,
+    each transaction on its own; any number of processes may open it."""
+
+    def __init__(
+        self, url: str, *, password: str | None = None, read_only: bool = False, lock: bool = True
+    ) -> None:
+        super().__init__()
+        self._holder: sa.Connection | None = None
+        parsed = sa.engine.make_url(url).set(drivername="postgresql+psycopg")
+        if password is not None:
+            parsed = parsed.set(password=password)
+        self.url = parsed
+        self.where = display(url)
+        self.read_only = read_only
+        self.engine = sa.create_engine(
+            parsed,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+            pool_pre_ping=True,
+            pool_timeout=30,
+            connect_args={"connect_timeout": 10, "application_name": "cleaninbox"},
+        )
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            hook = _write_hook
-            if hook is not None:
-                hook(self.writes + 1)  # a test may kill the process before this commit
-            self.db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.db.in_transaction:
-                with suppress(sqlite3.Error):
-                    self.db.execute("ROLLBACK")
-            raise StateError(f"state {self.path}: {self.explain(exc)}") from exc
-        self.writes += 1
+            if read_only:
+                self.rows(sa.text("SELECT 1"))
+            else:
+                self._migrate()
+                if lock:
+                    self._acquire_lock()
+        except BaseException:
+            self.engine.dispose()
+            raise
 
-    def rows(self, query: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self.mutex:
-            try:
-                return list(self.db.execute(query, tuple(args)).fetchall())
-            except sqlite3.Error as exc:
-                raise StateError(f"state {self.path}: {self.explain(exc)}") from exc
+    def _acquire_lock(self) -> None:
+        """One writer per database, as with SQLite's lock file: a session advisory lock,
+        held by one connection for the life of the store (released when it closes or the
+        process dies)."""
+        try:
+            holder = self.engine.connect()
+            got = holder.exec_driver_sql(f"SELECT pg_try_advisory_lock({_INSTANCE_LOCK})")
+            taken = bool(got.scalar_one())
+            holder.commit()
+        except sa.exc.DBAPIError as exc:
+            raise self._error(exc) from exc
+        if not taken:
+            holder.close()
+            raise StateError(
+                f"state {self.where} is in use by another CleanInbox; only one may run on it"
+            )
+        self._holder = holder
+
+    def close(self) -> None:
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
+        self.engine.dispose()
+
+    def backup(self, target: Path) -> int:
+        """``pg_dump --format=custom`` of the database to ``target`` (restore it with
+        ``pg_restore``); a consistent snapshot taken while replicas run."""
+        if target.exists():
+            raise StateError(f"backup target {target} exists; choose a new file")
+        pg_dump = shutil.which("pg_dump")
+        if pg_dump is None:
+            raise StateError(
+                "backup of a PostgreSQL state runs pg_dump, which is not installed "
+                "(Debian: postgresql-client); or use your database service's backups"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        url = self.url.set(drivername="postgresql", password=None)
+        env = dict(os.environ)
+        if self.url.password is not None:
+            env["PGPASSWORD"] = str(self.url.password)
+        result = subprocess.run(
+            [
+                pg_dump,
+                "--format=custom",
+                "--no-password",
+                f"--file={target}",
+                url.render_as_string(hide_password=False),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        if result.returncode != 0:
+            target.unlink(missing_ok=True)
+            detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+            raise StateError(f"backup of {self.where} failed: {detail}")
+        return target.stat().st_size
+
+
+def open_database(
+    location: Path | str,
+    *,
+    password: str | None = None,
+    read_only: bool = False,
+    lock: bool = True,
+) -> Database:
+    """The database at ``location``: a SQLite file path or a ``postgresql://`` URL."""
+    if not is_database_url(location):
+        return SqliteDatabase(Path(location), read_only=read_only, lock=lock)
+    scheme = str(location).split("://", 1)[0].lower()
+    if scheme not in POSTGRES_SCHEMES:
+        raise StateError(
+            f"state {display(location)}: unsupported database {scheme!r}; "
+            "give a SQLite file path or a postgresql:// URL"
+        )
+    return PostgresDatabase(str(location), password=password, read_only=read_only, lock=lock)
 
 
 # A test-only hook (daemon/service/faults.py): called before each commit with its number.

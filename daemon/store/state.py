@@ -10,12 +10,14 @@ plumbing (connection, lock, migrations, transactions, backup).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.store.database import Database, set_write_hook
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from daemon.store.database import Database, display, open_database, set_write_hook
 from daemon.store.records import (
     DECISION_COLUMNS,
     Correction,
@@ -27,6 +29,7 @@ from daemon.store.records import (
     decision_row,
     utcnow,
 )
+from daemon.store.schema import corrections, decisions, folders, watched
 
 __all__ = [
     "Correction",
@@ -39,23 +42,33 @@ __all__ = [
     "utcnow",
 ]
 
-#: SQLite's limit on bound parameters is far above this; chunks keep statements short.
+#: Values per IN list: far below both engines' limits on bound parameters.
 _CHUNK = 500
 
 
 class _Repository:
     database: Database
 
-    def _rows_for(
-        self, query: str, head: Sequence[Any], values: Sequence[Any]
-    ) -> list[sqlite3.Row]:
-        """``query`` (``{marks}`` for the IN list) over ``values`` in chunks, after ``head``."""
-        rows: list[sqlite3.Row] = []
+    def _rows_in(self, make: Any, values: Sequence[Any]) -> list[sa.RowMapping]:
+        """The rows of ``make(chunk)`` (a statement with an IN over ``chunk``) over
+        ``values`` in chunks."""
+        rows: list[sa.RowMapping] = []
         for start in range(0, len(values), _CHUNK):
-            chunk = list(values[start : start + _CHUNK])
-            marks = ",".join("?" * len(chunk))
-            rows += self.database.rows(query.format(marks=marks), (*head, *chunk))
+            rows += self.database.rows(make(list(values[start : start + _CHUNK])))
         return rows
+
+    def _upsert(
+        self, conn: sa.Connection, table: sa.Table, keys: Sequence[str], **values: Any
+    ) -> None:
+        """Insert a row, or update the one with the same ``keys``."""
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        statement = dialect.insert(table).values(**values)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={k: statement.excluded[k] for k in values if k not in keys},
+            )
+        )
 
 
 class FolderRepository(_Repository):
@@ -64,28 +77,29 @@ class FolderRepository(_Repository):
 
     def folder(self, account: str, folder: str) -> FolderState | None:
         rows = self.database.rows(
-            "SELECT account, folder, uidvalidity, high_water, updated_at FROM folders "
-            "WHERE account = ? AND folder = ?",
-            (account, folder),
+            sa.select(folders).where(folders.c.account == account, folders.c.folder == folder)
         )
-        return FolderState(*rows[0]) if rows else None
+        return FolderState(**rows[0]) if rows else None
 
     def set_folder(self, account: str, folder: str, uidvalidity: int, high_water: int) -> None:
-        with self.database.transaction() as db:
-            db.execute(
-                "INSERT INTO folders(account, folder, uidvalidity, high_water, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(account, folder) DO UPDATE SET "
-                "uidvalidity = excluded.uidvalidity, high_water = excluded.high_water, "
-                "updated_at = excluded.updated_at",
-                (account, folder, uidvalidity, high_water, utcnow()),
+        with self.database.transaction() as conn:
+            self._upsert(
+                conn,
+                folders,
+                ("account", "folder"),
+                account=account,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                high_water=high_water,
+                updated_at=utcnow(),
             )
 
     def watched(self, account: str, folder: str) -> tuple[int, int, int | None] | None:
         """(UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ) of a triage folder when last looked at."""
         rows = self.database.rows(
-            "SELECT uidvalidity, uidnext, highestmodseq FROM watched "
-            "WHERE account = ? AND folder = ?",
-            (account, folder),
+            sa.select(watched.c.uidvalidity, watched.c.uidnext, watched.c.highestmodseq).where(
+                watched.c.account == account, watched.c.folder == folder
+            )
         )
         if not rows:
             return None
@@ -101,30 +115,32 @@ class FolderRepository(_Repository):
         uidnext: int,
         highestmodseq: int | None = None,
     ) -> None:
-        with self.database.transaction() as db:
-            db.execute(
-                "INSERT INTO watched(account, folder, uidvalidity, uidnext, highestmodseq, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(account, folder) DO UPDATE "
-                "SET uidvalidity = excluded.uidvalidity, uidnext = excluded.uidnext, "
-                "highestmodseq = excluded.highestmodseq, updated_at = excluded.updated_at",
-                (account, folder, uidvalidity, uidnext, highestmodseq, utcnow()),
+        with self.database.transaction() as conn:
+            self._upsert(
+                conn,
+                watched,
+                ("account", "folder"),
+                account=account,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                uidnext=uidnext,
+                highestmodseq=highestmodseq,
+                updated_at=utcnow(),
             )
 
 
 class DecisionRepository(_Repository):
     """The journal: decisions recorded before acting, finished after."""
 
-    def record(self, decisions: Sequence[NewDecision]) -> list[int]:
+    def record(self, new: Sequence[NewDecision]) -> list[int]:
         """Insert decisions in one transaction (the write-ahead step); return their ids."""
-        if not decisions:
+        if not new:
             return []
         now = utcnow()
-        insert = (
-            f"INSERT INTO decisions({', '.join(DECISION_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
-        )
-        with self.database.transaction() as db:
-            return [int(db.execute(insert, decision_row(d, now)).lastrowid or 0) for d in decisions]
+        values = [dict(zip(DECISION_COLUMNS, decision_row(d, now), strict=True)) for d in new]
+        insert = sa.insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True)
+        with self.database.transaction() as conn:
+            return [int(i) for i in conn.execute(insert, values).scalars()]
 
     def finish(self, ids: Sequence[int], status: Status, reason: str | None = None) -> None:
         self.finish_each([(i, status, reason) for i in ids])
@@ -134,35 +150,45 @@ class DecisionRepository(_Repository):
         if not results:
             return
         now = utcnow()
-        with self.database.transaction() as db:
-            db.executemany(
-                "UPDATE decisions SET status = ?, reason = COALESCE(?, reason), done_at = ? "
-                "WHERE id = ?",
-                [(status, reason, now, i) for i, status, reason in results],
+        update = (
+            sa.update(decisions)
+            .where(decisions.c.id == sa.bindparam("_id"))
+            .values(
+                status=sa.bindparam("_status"),
+                reason=sa.func.coalesce(sa.bindparam("_reason", type_=sa.Text), decisions.c.reason),
+                done_at=now,
+            )
+        )
+        with self.database.transaction() as conn:
+            conn.execute(
+                update,
+                [{"_id": i, "_status": status, "_reason": reason} for i, status, reason in results],
             )
 
     def known_uids(
         self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]
     ) -> set[int]:
         """Which of ``uids`` already have a triage decision (any status)."""
-        rows = self._rows_for(
-            "SELECT uid FROM decisions WHERE kind = 'triage' AND account = ? AND folder = ? "
-            "AND uidvalidity = ? AND uid IN ({marks})",
-            (account, folder, uidvalidity),
+        rows = self._rows_in(
+            lambda chunk: sa.select(decisions.c.uid).where(
+                decisions.c.kind == "triage",
+                decisions.c.account == account,
+                decisions.c.folder == folder,
+                decisions.c.uidvalidity == uidvalidity,
+                decisions.c.uid.in_(chunk),
+            ),
             uids,
         )
         return {int(r["uid"]) for r in rows}
 
     def pending(self, account: str | None = None) -> list[Decision]:
-        query = "SELECT * FROM decisions WHERE status = 'pending'"
-        args: tuple[Any, ...] = ()
+        query = sa.select(decisions).where(decisions.c.status == "pending")
         if account is not None:
-            query += " AND account = ?"
-            args = (account,)
-        return [decision_from_row(r) for r in self.database.rows(query + " ORDER BY id", args)]
+            query = query.where(decisions.c.account == account)
+        return [decision_from_row(r) for r in self.database.rows(query.order_by(decisions.c.id))]
 
     def get(self, decision_id: int) -> Decision | None:
-        rows = self.database.rows("SELECT * FROM decisions WHERE id = ?", (decision_id,))
+        rows = self.database.rows(sa.select(decisions).where(decisions.c.id == decision_id))
         return decision_from_row(rows[0]) if rows else None
 
     def history(
@@ -172,59 +198,84 @@ class DecisionRepository(_Repository):
         kind: str | None = None,
         limit: int | None = None,
     ) -> list[Decision]:
-        clauses, args = [], []
-        for column, op, value in (
-            ("account", "=", account),
-            ("created_at", ">=", since),
-            ("kind", "=", kind),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                args.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        tail = f" LIMIT {int(limit)}" if limit else ""
-        rows = self.database.rows(f"SELECT * FROM decisions{where} ORDER BY id{tail}", args)
-        return [decision_from_row(r) for r in rows]
+        query = sa.select(decisions)
+        if account is not None:
+            query = query.where(decisions.c.account == account)
+        if since is not None:
+            query = query.where(decisions.c.created_at >= since)
+        if kind is not None:
+            query = query.where(decisions.c.kind == kind)
+        query = query.order_by(decisions.c.id)
+        if limit:
+            query = query.limit(int(limit))
+        return [decision_from_row(r) for r in self.database.rows(query)]
 
     def undone_ids(self) -> set[int]:
         rows = self.database.rows(
-            "SELECT undo_of FROM decisions WHERE kind = 'undo' AND status = 'done'"
+            sa.select(decisions.c.undo_of).where(
+                decisions.c.kind == "undo", decisions.c.status == "done"
+            )
         )
         return {int(r["undo_of"]) for r in rows if r["undo_of"] is not None}
 
     def decided_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
         """Which of ``message_ids`` already have a triage decision in ``account``."""
-        rows = self._rows_for(
-            "SELECT DISTINCT message_id FROM decisions WHERE kind = 'triage' "
-            "AND account = ? AND message_id IN ({marks})",
-            (account,),
+        rows = self._rows_in(
+            lambda chunk: (
+                sa.select(decisions.c.message_id)
+                .distinct()
+                .where(
+                    decisions.c.kind == "triage",
+                    decisions.c.account == account,
+                    decisions.c.message_id.in_(chunk),
+                )
+            ),
             message_ids,
         )
         return {str(r["message_id"]) for r in rows}
 
     def undone_message_ids(self, account: str, message_ids: Sequence[str]) -> set[str]:
         """Which of ``message_ids`` were triaged in ``account`` and later restored by undo."""
-        rows = self._rows_for(
-            "SELECT DISTINCT d.message_id FROM decisions d JOIN decisions u "
-            "ON u.undo_of = d.id AND u.kind = 'undo' AND u.status = 'done' "
-            "WHERE d.account = ? AND d.message_id IN ({marks})",
-            (account,),
+        undo = decisions.alias("u")
+        rows = self._rows_in(
+            lambda chunk: (
+                sa.select(decisions.c.message_id)
+                .distinct()
+                .join(
+                    undo,
+                    sa.and_(
+                        undo.c.undo_of == decisions.c.id,
+                        undo.c.kind == "undo",
+                        undo.c.status == "done",
+                    ),
+                )
+                .where(decisions.c.account == account, decisions.c.message_id.in_(chunk))
+            ),
             message_ids,
         )
         return {str(r["message_id"]) for r in rows}
 
     def filed(self, account: str, message_ids: Sequence[str]) -> dict[str, Decision]:
         """The latest completed triage decision of each of ``message_ids``."""
-        rows = self._rows_for(
-            "SELECT * FROM decisions WHERE kind = 'triage' AND status = 'done' "
-            "AND account = ? AND message_id IN ({marks}) ORDER BY id",
-            (account,),
+        rows = self._rows_in(
+            lambda chunk: (
+                sa.select(decisions)
+                .where(
+                    decisions.c.kind == "triage",
+                    decisions.c.status == "done",
+                    decisions.c.account == account,
+                    decisions.c.message_id.in_(chunk),
+                )
+                .order_by(decisions.c.id)
+            ),
             message_ids,
         )
         return {str(row["message_id"]): decision_from_row(row) for row in rows}
 
     def counts(self) -> dict[str, int]:
-        rows = self.database.rows("SELECT status, count(*) AS n FROM decisions GROUP BY status")
+        rows = self.database.rows(
+            sa.select(decisions.c.status, sa.func.count().label("n")).group_by(decisions.c.status)
+        )
         return {r["status"]: int(r["n"]) for r in rows}
 
 
@@ -233,53 +284,65 @@ class CorrectionRepository(_Repository):
 
     def add_correction(self, decision: Decision, corrected: str, folder: str, text: str) -> bool:
         """Record (or update: the user moved it again) a correction; True when new."""
-        with self.database.transaction() as db:
-            existed = db.execute(
-                "SELECT 1 FROM corrections WHERE decision_id = ?", (decision.id,)
-            ).fetchone()
-            db.execute(
-                "INSERT INTO corrections(account, decision_id, message_id, text, predicted, "
-                "corrected, folder, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(decision_id) DO UPDATE SET corrected = excluded.corrected, "
-                "folder = excluded.folder, created_at = excluded.created_at",
-                (
-                    decision.account,
-                    decision.id,
-                    decision.message_id,
-                    text,
-                    decision.intent,
-                    corrected,
-                    folder,
-                    utcnow(),
-                ),
-            )
+        with self.database.transaction() as conn:
+            existed = conn.execute(
+                sa.select(corrections.c.id).where(corrections.c.decision_id == decision.id)
+            ).first()
+            if existed is None:
+                conn.execute(
+                    sa.insert(corrections).values(
+                        account=decision.account,
+                        decision_id=decision.id,
+                        message_id=decision.message_id,
+                        text=text,
+                        predicted=decision.intent,
+                        corrected=corrected,
+                        folder=folder,
+                        created_at=utcnow(),
+                    )
+                )
+            else:
+                conn.execute(
+                    sa.update(corrections)
+                    .where(corrections.c.decision_id == decision.id)
+                    .values(corrected=corrected, folder=folder, created_at=utcnow())
+                )
         return existed is None
 
     def corrections(self, account: str | None = None) -> list[Correction]:
-        query, args = "SELECT * FROM corrections", []
+        query = sa.select(corrections)
         if account is not None:
-            query, args = query + " WHERE account = ?", [account]
-        return [Correction(**dict(r)) for r in self.database.rows(query + " ORDER BY id", args)]
+            query = query.where(corrections.c.account == account)
+        return [Correction(**r) for r in self.database.rows(query.order_by(corrections.c.id))]
 
 
 class StateStore(FolderRepository, DecisionRepository, CorrectionRepository):
-    """SQLite state. Open it; use as a context manager to release the lock."""
+    """The state, in a SQLite file or a PostgreSQL database (``location``: a path or a
+    ``postgresql://`` URL). Use as a context manager to close it (and release SQLite's
+    lock)."""
 
-    def __init__(self, path: Path, *, read_only: bool = False, lock: bool = True) -> None:
-        self.database = Database(path, read_only=read_only, lock=lock)
-        self.path = path
+    def __init__(
+        self,
+        location: Path | str,
+        *,
+        password: str | None = None,
+        read_only: bool = False,
+        lock: bool = True,
+    ) -> None:
+        self.database = open_database(location, password=password, read_only=read_only, lock=lock)
+        self.location = location
 
     @property
-    def db(self) -> sqlite3.Connection:
-        """The SQLite connection (for inspection: tests, ``PRAGMA`` queries)."""
-        return self.database.db
+    def where(self) -> str:
+        """The state's location as logs show it (a URL without its password)."""
+        return display(self.location)
 
     @property
     def writes(self) -> int:
         return self.database.writes
 
     def backup(self, target: Path) -> int:
-        """A consistent copy of the database at ``target`` while the daemon runs."""
+        """A consistent copy of the state at ``target`` while the daemon runs."""
         return self.database.backup(target)
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ COPY configs ./configs
 # The CPU build of torch from PyTorch's index (PyPI's default wheel pulls CUDA, several GB).
 RUN python -m venv /opt/cleaninbox \
  && /opt/cleaninbox/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
- && /opt/cleaninbox/bin/pip install --no-cache-dir '.[train]'
+ && /opt/cleaninbox/bin/pip install --no-cache-dir '.[train,postgresql]'
 RUN groupadd --system --gid 10001 cleaninbox \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/cleaninbox --create-home cleaninbox
 USER 10001:10001

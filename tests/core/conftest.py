@@ -17,6 +17,11 @@ from tests.core.memory import MemoryServer
 MakeWorld = Callable[..., World]
 
 
+def _database(request: pytest.FixtureRequest) -> str:
+    """A fresh PostgreSQL schema on the session's server."""
+    return str(request.getfixturevalue("pg_server").schema_url())
+
+
 @pytest.fixture(autouse=True)
 def _no_write_hook() -> Iterator[None]:
     """A crash hook left behind would kill the next test's state writes."""
@@ -32,8 +37,13 @@ def _no_write_hook() -> Iterator[None]:
 MEMORY_FS = Path("/dev/shm")
 
 
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """Where the worlds keep their state, on each engine: a directory for SQLite files, or
+    a PostgreSQL database (``make_world`` gives each world its own)."""
+    if request.param == "postgresql":
+        yield "postgresql"
+        return
     if not MEMORY_FS.is_dir() or not os.access(MEMORY_FS, os.W_OK):
         yield tmp_path / "var"
         return
@@ -45,7 +55,9 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def make_world(tmp_path: Path, state_dir: Path) -> Iterator[MakeWorld]:
+def make_world(
+    request: pytest.FixtureRequest, tmp_path: Path, state_dir: Path | str
+) -> Iterator[MakeWorld]:
     """``make_world(kind="move", ...)``: a started world (first cycle run, so
     INBOX's high-water mark is set) on a server with that capability set."""
     from tests.core.scenario import SERVERS
@@ -61,13 +73,16 @@ def make_world(tmp_path: Path, state_dir: Path) -> Iterator[MakeWorld]:
     ) -> World:
         root = tmp_path / f"world{len(worlds)}"
         root.mkdir()
+        location: Path | str = (
+            state_dir / f"world{len(worlds)}" if isinstance(state_dir, Path) else _database(request)
+        )
         server = MemoryServer(**SERVERS[kind], condstore=condstore)
         world = World(
             root,
             server,
             feedback=feedback,
             batch_size=batch_size,
-            state_dir=state_dir / f"world{len(worlds)}",
+            state_dir=location,
         )
         worlds.append(world)
         world.cycle()  # first start: old mail is left alone, the mark is set

@@ -185,7 +185,9 @@ class World:
     server: MemoryServer
     feedback: bool = False
     batch_size: int = 100
-    state_dir: Path | None = None  # where the database lives (default: under root)
+    #: Where the state lives: a SQLite file under this directory (default: under root),
+    #: or a ``postgresql://`` URL.
+    state_dir: Path | str | None = None
     classifier: KeywordClassifier = field(default_factory=KeywordClassifier)
 
     def __post_init__(self) -> None:
@@ -199,9 +201,10 @@ class World:
             "feedback": self.feedback,
         }
         state_dir = self.state_dir or self.root / "var"
+        location = state_dir if isinstance(state_dir, str) else str(state_dir / "state.db")
         settings = {
             "rules": "rules.yaml",
-            "state": str(state_dir / "state.db"),
+            "state": location,
             "accounts": [account],
         }
         (self.root / "cleaninbox.yaml").write_text(yaml.safe_dump(settings))

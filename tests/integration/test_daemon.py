@@ -1,4 +1,5 @@
-"""The daemon against a real Dovecot: files mail by rules, exactly once, and can undo."""
+"""The daemon against a real Dovecot: files mail by rules, exactly once, and can undo; the
+journal's tests run on both state engines (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from daemon.model.classifier import Classifier
-from tests.mail_fixtures import ENV, MailUser, cli, email, mid, snapshot
+from tests.mail_fixtures import ENGINES, ENV, MailUser, cli, email, mid, snapshot
 
 
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_files_new_mail_by_rules_exactly_once(
     workdir: Path, mail_user: MailUser, tiny_bundle: Path
 ) -> None:
@@ -100,6 +103,7 @@ def test_dry_run_changes_nothing(workdir: Path, mail_user: MailUser) -> None:
     assert set(mail_user.messages("Triage/All")) == {mid(r) for r in raws}
 
 
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_undo_restores_and_is_not_triaged_again(workdir: Path, mail_user: MailUser) -> None:
     cli(workdir, "once")
     raws = [email("my card has not arrived", 30), email("URGENT: fraud", 31, Subject="URGENT")]
@@ -177,6 +181,7 @@ def test_check_config_connects(workdir: Path, mail_user: MailUser) -> None:
     assert "folder(s) not found: Nope" in result.stderr
 
 
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_backfill_triages_old_mail_in_steps(workdir: Path, mail_user: MailUser) -> None:
     old = [email("how do I activate my card", 60 + i) for i in range(4)]
     for raw in old:
@@ -200,6 +205,7 @@ def test_backfill_triages_old_mail_in_steps(workdir: Path, mail_user: MailUser) 
     assert bad.returncode == 2 and "is not a date" in bad.stderr
 
 
+@pytest.mark.parametrize("engine", ENGINES, indirect=True)
 def test_a_crash_at_any_state_write_is_recovered_exactly_once(
     workdir: Path, mail_user: MailUser
 ) -> None:

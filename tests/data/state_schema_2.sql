@@ -1,15 +1,6 @@
-"""The state database's schema, as numbered migrations (``PRAGMA user_version``).
-
-A migration is applied once, in one transaction, in order; a database newer than this
-CleanInbox is refused. Never edit a released migration: add the next one.
-"""
-
-from __future__ import annotations
-
-MIGRATIONS: list[str] = [
-    # 1: folders and decisions
-    """
-    CREATE TABLE folders (
+-- A state database as CleanInbox wrote it before Alembic (PRAGMA user_version 2): the
+-- legacy migrations 1 and 2, kept verbatim to test the upgrade path.
+CREATE TABLE folders (
         account TEXT NOT NULL,
         folder TEXT NOT NULL,
         uidvalidity INTEGER NOT NULL,
@@ -49,11 +40,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX decisions_status ON decisions(status);
     CREATE INDEX decisions_created ON decisions(created_at);
     CREATE INDEX decisions_message_id ON decisions(message_id);
-    """,
-    # 2: learning from corrections: where each triage folder was last looked at, and the
-    # corrections found there (a message the user moved into another triage folder)
-    """
-    CREATE TABLE watched (
+CREATE TABLE watched (
         account TEXT NOT NULL,
         folder TEXT NOT NULL,
         uidvalidity INTEGER NOT NULL,
@@ -74,11 +61,4 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL
     );
     CREATE INDEX corrections_created ON corrections(created_at);
-    """,
-    # 3: the plan is one versioned record (daemon/core/actions.py): stored plans get their
-    # schema version, and dest_uidnext (kept in the plan as well) leaves the table
-    """
-    UPDATE decisions SET plan = json_set(plan, '$.v', 2) WHERE plan IS NOT NULL;
-    ALTER TABLE decisions DROP COLUMN dest_uidnext;
-    """,
-]
+PRAGMA user_version = 2;
