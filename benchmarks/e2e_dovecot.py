@@ -5,6 +5,7 @@ classify, act, state) and the daemon process's peak RSS. Emails are banking77 te
 rendered with subject, greeting, body and signature.
 
     python benchmarks/e2e_dovecot.py --messages 5000 --bundle models/current
+    python benchmarks/e2e_dovecot.py --state postgresql://127.0.0.1/empty  # on PostgreSQL
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=100, help="account batch_size")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--state",
+        default=None,
+        help="state: a postgresql:// URL of an empty database (default: a SQLite file in "
+        "the scratch directory), to compare the engines on the same run",
+    )
     args = parser.parse_args()
 
     with scratch_mail("cleaninbox-e2e-", ["bench"]) as scratch:
@@ -47,6 +54,7 @@ def main() -> None:
             log_format="json",
             log_level="info",  # one JSON event per decision, as deployed
             classifier={"threads": args.threads},
+            **({"state": args.state} if args.state else {}),
         )
         cli(scratch.work, "once")  # first start
 

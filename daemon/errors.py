@@ -59,5 +59,18 @@ class StateError(CleanInboxError):
     """The state database is unusable (locked, read-only, corrupt, full)."""
 
 
+class LeaseLostError(StateError):
+    """This replica no longer holds the account's lease (expired while it was frozen or cut
+    off, or taken over): it must send no further command and write nothing for it. The
+    account's pending decisions are settled by the replica that holds it now."""
+
+    def __init__(self, account: str, detail: str = "") -> None:
+        super().__init__(
+            f"account {account}: this replica no longer holds its lease"
+            + (f" ({detail})" if detail else "")
+        )
+        self.account = account
+
+
 class DependencyError(CleanInboxError):
     """An optional dependency (an install extra) is missing."""

@@ -151,6 +151,51 @@ class Metrics:
             "Model bundles or rules refused on reload (the running pair stays in service).",
             registry=r,
         )
+        # Replicas sharing a PostgreSQL state lease their accounts (docs/scaling.md).
+        self.leases_held = Gauge(
+            "cleaninbox_leases_held",
+            "Accounts whose lease this replica holds (it triages only those).",
+            ["replica"],
+            registry=r,
+        )
+        self.lease_takeovers = Counter(
+            "cleaninbox_lease_takeovers_total",
+            "Accounts this replica claimed after another replica's lease expired or was released.",
+            ["replica"],
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "cleaninbox_leases_lost_total",
+            "Leases this replica found taken or expired when renewing (it stopped acting "
+            "on those accounts at once).",
+            ["replica"],
+            registry=r,
+        )
+        self.lease_renew_failures = Counter(
+            "cleaninbox_lease_renew_failures_total",
+            "Lease rounds that could not reach the database.",
+            ["replica"],
+            registry=r,
+        )
+        self.fenced_writes = Counter(
+            "cleaninbox_fenced_writes_total",
+            "State writes refused because this replica no longer held the account's lease.",
+            ["replica"],
+            registry=r,
+        )
+        self.accounts_unheld = Gauge(
+            "cleaninbox_accounts_unheld",
+            "Configured accounts no replica has held for more than two lease TTLs, as this "
+            "replica sees the lease table.",
+            ["replica"],
+            registry=r,
+        )
+        self.database_up = Gauge(
+            "cleaninbox_database_up",
+            "1 when the last lease round reached the state database, else 0.",
+            ["replica"],
+            registry=r,
+        )
         for stage in STAGES:
             self.stage.labels(stage)
 

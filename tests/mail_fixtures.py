@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from imapclient import IMAPClient
@@ -126,9 +127,10 @@ def workdir(
 ) -> Path:
     """cleaninbox.yaml + rules for ``mail_user``; the tiny bundle never abstains. The
     state is a SQLite file under var/, or a fresh PostgreSQL schema (``engine``)."""
-    state = {}
+    state: dict[str, Any] = {}
     if engine == "postgresql":
-        state = {"state": request.getfixturevalue("pg_server").schema_url()}
+        # a short lease: a SIGKILLed one-shot command's lease expires quickly
+        state = {"state": request.getfixturevalue("pg_server").schema_url(), "lease_ttl": 3}
     account = dovecot_account(
         dovecot, mail_user.name, kind="imap", tls="implicit", folders=["INBOX"]
     )

@@ -5,7 +5,9 @@ first client chunk that contains a marker (e.g. ``b"UID MOVE"``) and then close 
 before any reply reaches the client, once. ``freeze()`` makes every open connection a
 silently dead link (nothing forwarded either way, no FIN, no RST) while new connections
 work: what a NAT box that dropped its state looks like. ``sent`` holds everything clients
-sent, to count commands on the wire.
+sent, to count commands on the wire; ``chunks`` the same with when and on which connection,
+to tell what was sent after a moment and for whom. ``cut()`` breaks every link and refuses
+new ones until ``restore()``: a server that became unreachable.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class Proxy:
         self._live = 0
         self._lock = threading.Lock()
         self.sent = bytearray()
+        self.chunks: list[Chunk] = []
+        self.refusing = False  # cut(): new clients are closed at once
         self._pairs: list[_Pair] = []
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -62,6 +66,29 @@ class Proxy:
                 pair.frozen = True
         return len(live)
 
+    def cut(self) -> int:
+        """Break every open link (both sides see it close) and refuse new clients until
+        :meth:`restore`; returns how many were broken."""
+        with self._lock:
+            self.refusing = True
+            live = [p for p in self._pairs if not p.done]
+        for pair in live:
+            pair.shut()
+        return len(live)
+
+    def restore(self) -> None:
+        """Accept and relay new clients again after :meth:`cut`."""
+        self.refusing = False
+
+    def connection_chunks(self) -> dict[int, list[Chunk]]:
+        """What clients sent, by connection (numbered from 1 in order of arrival)."""
+        with self._lock:
+            chunks = list(self.chunks)
+        by_connection: dict[int, list[Chunk]] = {}
+        for chunk in chunks:
+            by_connection.setdefault(chunk.connection, []).append(chunk)
+        return by_connection
+
     def count(self, command: bytes) -> int:
         """How many times clients sent ``command`` (e.g. ``b" IDLE\\r\\n"``)."""
         with self._lock:
@@ -73,6 +100,9 @@ class Proxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self.refusing:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             except OSError:  # the server is down: refuse this client, keep listening
@@ -82,8 +112,7 @@ class Proxy:
                 self.connections += 1
                 self._live += 1
                 self.max_concurrent = max(self.max_concurrent, self._live)
-            pair = _Pair(self, client, upstream)
-            with self._lock:
+                pair = _Pair(self, client, upstream, number=self.connections)
                 self._pairs.append(pair)
             threading.Thread(target=pair.pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=pair.pump, args=(upstream, client, False), daemon=True).start()
@@ -93,6 +122,16 @@ class Proxy:
             self._live -= 1
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of what a client sent: when it arrived (``time.time()``), on which
+    connection, and the bytes."""
+
+    at: float
+    connection: int
+    data: bytes
+
+
 @dataclass(eq=False)  # compared by identity: each is one live connection
 class _Pair:
     """One relayed connection: the client's socket and ours to the upstream server."""
@@ -100,6 +139,7 @@ class _Pair:
     proxy: Proxy
     client: socket.socket
     upstream: socket.socket
+    number: int = 0  # the proxy's count of connections when this one arrived
     done: bool = False  # both sockets shut
     dead: bool = False  # cut: nothing more reaches the client
     frozen: bool = False  # silently dead: nothing passes either way
@@ -128,6 +168,7 @@ class _Pair:
                 if from_client:
                     with proxy._lock:
                         proxy.sent += data
+                        proxy.chunks.append(Chunk(time.time(), self.number, data))
                 if from_client and proxy.cut_on and proxy.cuts == 0 and proxy.cut_on in data:
                     proxy.cuts += 1
                     if proxy.before is not None:

@@ -186,3 +186,31 @@ def test_state_is_a_path_or_a_postgresql_url(
     settings = load_settings(write(tmp_path, {"state": url, "state_password_file": "pw"}))
     assert settings.state_password() == "from-file"
     assert load_settings(write(tmp_path, {"state": url})).state_password() is None
+
+
+def test_accounts_dir_adds_accounts_file_by_file(tmp_path: Path) -> None:
+    """One account or a list per file, in file-name order, paths relative to each file;
+    a bad file is one error naming the file and the key."""
+    accounts = tmp_path / "accounts.d"
+    accounts.mkdir()
+    (accounts / "b.yaml").write_text(
+        yaml.safe_dump([{**IMAP, "name": "b1"}, {**IMAP, "name": "b2"}])
+    )
+    (accounts / "a.yaml").write_text(
+        yaml.safe_dump({**IMAP, "name": "a", "password_env": None, "password_file": "pw"})
+    )
+    (accounts / ".a.yaml.swp").write_text("not yaml: [")  # editors' scratch files are ignored
+    (accounts / "notes.txt").write_text("ignored")
+    settings = load_settings(write(tmp_path, {"accounts": [IMAP], "accounts_dir": "accounts.d"}))
+    assert [a.name for a in settings.accounts] == ["w", "a", "b1", "b2"]
+    assert settings.accounts[1].password_file == accounts / "pw"
+
+    (accounts / "c.yaml").write_text(yaml.safe_dump({**IMAP, "name": "c", "hots": "x"}))
+    with pytest.raises(ConfigError, match=r"account file .*c\.yaml: hots: unknown key"):
+        load_settings(tmp_path / "cleaninbox.yaml")
+    (accounts / "c.yaml").write_text(yaml.safe_dump({**IMAP, "name": "a"}))
+    with pytest.raises(ConfigError, match="account name 'a' is used twice"):
+        load_settings(tmp_path / "cleaninbox.yaml")
+    (accounts / "c.yaml").unlink()
+    with pytest.raises(ConfigError, match="is not a directory"):
+        load_settings(write(tmp_path, {"accounts_dir": "nowhere"}))

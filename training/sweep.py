@@ -7,25 +7,45 @@ epoch is pruned. The study lives in an SQLite file, so a sweep that was stopped 
 where it stopped (it runs until ``trials`` trials are finished in total). Every run
 rewrites ``<output>/results.csv`` and ``results.md`` (all trials) and ``best.yaml`` (the
 base config with the best values: ``cleaninbox train --config <output>/best.yaml``).
+
+In a PostgreSQL database the study is shared: any number of workers, on any machines,
+run ``cleaninbox sweep`` with the same storage and study name and split its ``trials``
+between them (a trial is counted and started under a lock, so the total is exact).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+import io
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from functools import reduce
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import NullPool
 
+from daemon.config.settings import POSTGRES_SCHEMES
 from daemon.config.yaml_settings import YamlSettings
-from daemon.errors import ConfigError, DependencyError
+from daemon.errors import CleanInboxError, ConfigError, DependencyError
 from training.config import TrainConfig, load_train_config
 
 Log = Callable[[str], None]
+
+#: ``pg_advisory_xact_lock`` key the workers of shared studies serialise on ("CleanSwp").
+STUDY_LOCK_KEY = 0x436C65616E537770
+#: Trial user attribute naming the worker that ran it (``host:pid``).
+WORKER_ATTR = "worker"
 
 
 class Range(BaseModel):
@@ -64,12 +84,23 @@ class SweepConfig(YamlSettings):
     )
 
     base: Path = Field(description="Training config the sampled values are set on.")
-    study: str = Field(default="cleaninbox", description="Optuna study name.")
-    storage: Path = Field(
-        default=Path("runs/sweep.db"), description="SQLite file: resumable study."
+    study: str = Field(
+        default="cleaninbox",
+        description="Optuna study name (workers sharing a study use the same name).",
+    )
+    storage: str = Field(
+        default="runs/sweep.db",
+        description="Where the study lives: a SQLite file (or sqlite:/// URL), resumable; "
+        "or a postgresql://user@host/db URL that workers on several machines share "
+        "(password from the URL, PGPASSWORD or --storage-password-env).",
     )
     output: Path = Field(default=Path("runs/sweep"), description="results.csv/.md, best.yaml.")
-    trials: int = Field(default=20, ge=1, description="Finished trials wanted in total.")
+    trials: int = Field(
+        default=20,
+        ge=1,
+        description="Finished trials wanted in total: in a shared study, all workers' "
+        "trials together.",
+    )
     timeout_minutes: float | None = Field(
         default=None,
         gt=0,
@@ -92,6 +123,86 @@ class SweepConfig(YamlSettings):
         "few trials prunes nearly everything).",
     )
     space: dict[str, Range] = Field(min_length=1)
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        study_url(value)  # refuse another database now, not after the data is prepared
+        return value
+
+
+def study_url(storage: str) -> URL:
+    """``storage`` as a SQLAlchemy URL: a file path or ``sqlite:///`` URL (one machine), or
+    a PostgreSQL URL on psycopg 3. Any other scheme raises ValueError naming the value
+    (password hidden): a URL is never taken for a file name."""
+    if "://" not in storage:
+        return URL.create("sqlite", database=str(Path(storage).resolve()))
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise ValueError(
+            f"study storage {storage.split('://', maxsplit=1)[0]}://...: not a URL"
+        ) from None
+    if url.drivername.lower() in POSTGRES_SCHEMES:
+        return url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() == "sqlite":
+        return url
+    raise ValueError(
+        f"unsupported study storage {url.render_as_string(hide_password=True)}: give a "
+        "SQLite file path, sqlite:///PATH or postgresql://user@host/db"
+    )
+
+
+class StudyStorage:
+    """Where the study lives, and the lock its workers take around the steps where two of
+    them would race: creating Optuna's tables in an empty database, enqueueing the base
+    trial, counting the trials and starting the next one. On PostgreSQL the lock is a
+    transaction-scoped advisory lock; a SQLite study has one worker, and no lock."""
+
+    def __init__(self, storage: str, password: str | None = None) -> None:
+        url = study_url(storage)
+        if url.password is not None and password is None:
+            password = str(url.password)
+        # The password travels beside the URL, never in a string that could be logged
+        # (URL.set ignores None: _replace is SQLAlchemy's documented way to clear a part).
+        self.url = url._replace(password=None)
+        self.connect_args = {"password": password} if password else {}
+        self.shared = url.get_backend_name() != "sqlite"
+        shown = self.url.set(drivername="postgresql") if self.shared else self.url
+        self.where = shown.render_as_string(hide_password=True)
+        self._locks = (
+            sa.create_engine(self.url, poolclass=NullPool, connect_args=self.connect_args)
+            if self.shared
+            else None
+        )
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        if self._locks is None:
+            yield
+            return
+        with self._locks.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": STUDY_LOCK_KEY})
+            yield
+
+    def optuna_storage(self) -> Any:
+        """Optuna's RDB storage, with a heartbeat: the trial of a worker that was killed
+        is marked failed two minutes later (it counts as finished, like a trial stopped
+        with Ctrl-C) instead of running for ever and holding its place in the count."""
+        import optuna
+
+        engine_kwargs: dict[str, Any] = {}
+        if self.shared:
+            engine_kwargs = {"connect_args": self.connect_args, "pool_pre_ping": True}
+        elif self.url.database:
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                self.url.render_as_string(hide_password=False),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=60,
+            )
 
 
 def load_sweep_config(path: Path, overrides: list[str] | None = None) -> SweepConfig:
@@ -138,8 +249,15 @@ def _sample(trial: Any, key: str, r: Range) -> Any:
     return trial.suggest_float(key, r.low, r.high, log=r.log)
 
 
-def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print) -> Path:
-    """Run (or resume) the study; returns the path of ``best.yaml``."""
+def sweep(
+    config: SweepConfig,
+    *,
+    data_dir: Path | None = None,
+    password: str | None = None,
+    log: Log = print,
+) -> Path:
+    """Run (or resume, or join) the study; returns the path of ``best.yaml``. ``password``:
+    the PostgreSQL storage's, when it is not in the URL (libpq also reads PGPASSWORD)."""
     try:
         import optuna
     except ImportError as exc:
@@ -156,20 +274,35 @@ def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print
     # The training run's data stage, once: the same split every trial. Trials fit on
     # banking77 alone (their score is validation accuracy), so no robustness sets.
     sets = prepare_data(base_config, lambda _line: None, robustness=False).sets
-    config.storage.parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=config.study,
-        storage=f"sqlite:///{config.storage.resolve()}",
-        load_if_exists=True,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=config.prune_after_trials, n_warmup_steps=config.prune_after_epochs
-        ),
-    )
+    target = StudyStorage(config.storage, password)
+    try:
+        with target.lock():
+            study = optuna.create_study(
+                study_name=config.study,
+                storage=target.optuna_storage(),
+                load_if_exists=True,
+                direction="maximize",
+                pruner=optuna.pruners.MedianPruner(
+                    n_startup_trials=config.prune_after_trials,
+                    n_warmup_steps=config.prune_after_epochs,
+                ),
+            )
+            if config.include_base and not study.trials:
+                values = _base_values(config, base_config, log)
+                if values is not None:
+                    study.enqueue_trial(values, user_attrs={"base": True})
+                    log(f"sweep {config.study}: trial 0 is the base config")
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise CleanInboxError(
+            f"sweep {config.study}: cannot open the study in {target.where}: {reason}"
+        ) from None
+    worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def objective(trial: Any) -> float:
+    def objective(trial: Any, started: Callable[[], None]) -> float:
+        started()  # the trial is counted: other workers may take the next one
+        trial.set_user_attr(WORKER_ATTR, worker)
         values = {key: _sample(trial, key, r) for key, r in config.space.items()}
         trial_config: TrainConfig = load_train_config(
             config.base, extra + [_override(k, v) for k, v in values.items()]
@@ -194,18 +327,56 @@ def sweep(config: SweepConfig, *, data_dir: Path | None = None, log: Log = print
         )
         return float(fitted.best_val_accuracy)
 
-    if config.include_base and not study.trials:
-        values = _base_values(config, base_config, log)
-        if values is not None:
-            study.enqueue_trial(values, user_attrs={"base": True})
-            log(f"sweep {config.study}: trial 0 is the base config")
     finished = sum(1 for t in study.trials if t.state.is_finished())
-    remaining = max(0, config.trials - finished)
-    log(f"sweep {config.study}: {finished} trial(s) already finished, running {remaining}")
-    if remaining:
-        timeout = config.timeout_minutes * 60 if config.timeout_minutes else None
-        study.optimize(objective, n_trials=remaining, timeout=timeout)
+    running = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.RUNNING)
+    remaining = max(0, config.trials - finished - running)
+    if target.shared:
+        log(
+            f"sweep {config.study} in {target.where}: {finished} trial(s) already finished, "
+            f"{running} running, up to {remaining} more here (the study's {config.trials} "
+            "trials are shared by all its workers)"
+        )
+    else:
+        log(f"sweep {config.study}: {finished} trial(s) already finished, running {remaining}")
+    ran = _run_trials(study, objective, config, target)
+    if target.shared:
+        log(f"sweep {config.study}: this worker ({worker}) ran {ran} trial(s)")
     return _write_results(study, config, base_config)
+
+
+def _run_trials(
+    study: Any,
+    objective: Callable[[Any, Callable[[], None]], float],
+    config: SweepConfig,
+    target: StudyStorage,
+) -> int:
+    """This worker's share: trials until ``config.trials`` have started in the study (all
+    workers together) or the timeout has passed; returns how many it ran.
+
+    Optuna's ``MaxTrialsCallback`` counts after a trial ends, so two workers finishing at
+    the same moment would both start one more. Here the count and the start of the next
+    trial happen under the storage's lock, released as the trial starts (``held.close``
+    in the objective): the total is exact."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    started_states = (state.RUNNING, state.COMPLETE, state.PRUNED, state.FAIL)
+    deadline = time.monotonic() + config.timeout_minutes * 60 if config.timeout_minutes else None
+    ran = 0
+    while deadline is None or time.monotonic() < deadline:
+        with ExitStack() as held:
+            held.enter_context(target.lock())
+            started = len(study.get_trials(deepcopy=False, states=started_states))
+            if started >= config.trials:
+                break
+            # A seed per trial, not per process: workers (and resumed runs) all seeded
+            # with config.seed would draw the same values for their first trials.
+            study.sampler = optuna.samplers.TPESampler(
+                seed=config.seed + started, constant_liar=True
+            )
+            study.optimize(lambda trial: objective(trial, held.close), n_trials=1)
+        ran += 1
+    return ran
 
 
 def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) -> Path:
@@ -213,7 +384,7 @@ def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) ->
 
     config.output.mkdir(parents=True, exist_ok=True)
     keys = list(config.space)
-    rows = []
+    rows, workers = [], []
     for t in study.trials:
         seconds = (
             (t.datetime_complete - t.datetime_start).total_seconds()
@@ -222,13 +393,17 @@ def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) ->
         )
         state = t.state.name.lower() + (" (base)" if t.user_attrs.get("base") else "")
         rows.append([t.number, state, t.value, *(t.params.get(k) for k in keys), seconds])
-    with (config.output / "results.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["trial", "state", "val_accuracy", *keys, "seconds"])
-        writer.writerows(rows)
+        workers.append(t.user_attrs.get(WORKER_ATTR))
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["trial", "state", "val_accuracy", *keys, "seconds", "worker"])
+    writer.writerows([*row, worker] for row, worker in zip(rows, workers, strict=True))
+    _replace(config.output / "results.csv", table.getvalue())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        raise ConfigError(f"sweep {config.study}: no trial finished (all pruned or failed)")
+        running = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.RUNNING)
+        why = f"yet, {running} running elsewhere" if running else "(all pruned or failed)"
+        raise ConfigError(f"sweep {config.study}: no trial finished {why}")
     best = study.best_trial
     lines = [
         f"# Sweep {config.study}: best validation accuracy {best.value:.4f} (trial {best.number})",
@@ -251,15 +426,23 @@ def _write_results(study: Any, config: SweepConfig, base_config: TrainConfig) ->
             )
             + (f" | {row[-1] / 60:.1f} |" if row[-1] is not None else " | - |")
         )
-    (config.output / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _replace(config.output / "results.md", "\n".join(lines) + "\n")
     tuned = load_train_config(config.base, [_override(k, v) for k, v in best.params.items()])
     data = tuned.model_dump(mode="json")
     data["data"]["dir"] = str(base_config.data.dir)
     path = config.output / "best.yaml"
-    path.write_text(
+    _replace(
+        path,
         f"# Best of sweep {config.study} (validation accuracy {best.value:.4f}, trial "
         f"{best.number}); train it with: cleaninbox train --config {path}\n"
         + yaml.safe_dump(data, sort_keys=False),
-        encoding="utf-8",
     )
     return path
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: workers of a shared study on one machine may
+    write the same results at the same moment."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8", newline="")
+    os.replace(tmp, path)

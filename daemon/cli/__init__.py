@@ -42,6 +42,7 @@ for _command in (
     audit.backup,
     audit.undo,
     state.state,
+    state.leases,
 ):
     main.add_command(_command)
 

@@ -149,7 +149,10 @@ def undo(
     from daemon.core.undo import parse_duration, undoable
     from daemon.core.undo import since_iso as iso_ago
     from daemon.core.undo import undo as run_undo
-    from daemon.service.faults import open_mailbox_with_hooks as open_mailbox
+    from daemon.mailbox import open_mailbox
+    from daemon.metrics import Metrics
+    from daemon.service.faults import command_hooks
+    from daemon.service.leases import leases_for
     from daemon.store.state import StateStore
 
     if (since_duration is None) == (decision_id is None):
@@ -158,19 +161,26 @@ def undo(
     since = iso_ago(parse_duration(since_duration)) if since_duration else None
     boxes: dict[str, Mailbox] = {}
 
-    def mailbox_for(name: str) -> Mailbox:
-        if name not in boxes:
-            boxes[name] = open_mailbox(settings.account(name))
-            boxes[name].open()
-        return boxes[name]
-
     with StateStore(settings.state, password=settings.state_password()) as store:
         todo = undoable(store, since=since, decision_id=decision_id)
-        try:
-            results = run_undo(store, todo, mailbox_for, dry_run=dry_run)
-        finally:
-            for box in boxes.values():
-                box.close()
+        touched = {d.account for d in todo}
+        # Replicas on PostgreSQL: act only on accounts whose leases this command holds.
+        with leases_for(store, settings, set() if dry_run else touched, Metrics()) as keeper:
+            guards = {name: keeper.guard(name) for name in touched} if keeper else {}
+
+            def mailbox_for(name: str) -> Mailbox:
+                if name not in boxes:
+                    boxes[name] = open_mailbox(
+                        settings.account(name), on_command=command_hooks(guards.get(name))
+                    )
+                    boxes[name].open()
+                return boxes[name]
+
+            try:
+                results = run_undo(store, todo, mailbox_for, dry_run=dry_run)
+            finally:
+                for box in boxes.values():
+                    box.close()
     for r in results:
         click.echo(
             f"{r.decision.id:>6} {r.decision.account}/{r.decision.folder} "

@@ -19,7 +19,7 @@ import click
 from daemon.errors import CleanInboxError, DependencyError
 
 if TYPE_CHECKING:
-    from daemon.config.settings import Settings
+    from daemon.config.settings import Account, Settings
     from daemon.service.supervisor import Service
 
 DEFAULT_MODELS_DIR = Path("models")
@@ -87,13 +87,18 @@ def load_settings(config_path: Path | None, overrides: tuple[str, ...]) -> Setti
     return settings
 
 
-def open_service(settings: Settings, dry_run: bool) -> Service:
-    """The service as the daemon runs it, with the fault-injection write hook installed."""
+def open_service(
+    settings: Settings,
+    dry_run: bool,
+    reload_accounts: Callable[[], list[Account]] | None = None,
+) -> Service:
+    """The service as the daemon runs it, with the fault-injection write hook installed;
+    ``reload_accounts`` re-reads the accounts on SIGHUP."""
     from daemon.service.faults import install_write_hook
     from daemon.service.supervisor import Service
 
     install_write_hook()
-    return Service(settings, dry_run=dry_run or settings.dry_run)
+    return Service(settings, dry_run=dry_run or settings.dry_run, reload_accounts=reload_accounts)
 
 
 # --- options ------------------------------------------------------------------------------

@@ -82,16 +82,57 @@ def data_check(data_dir: Path | None, copy_to: Path | None) -> None:
 
 @click.command()
 @config_file_option("Sweep config YAML (configs/sweep.yaml, configs/sweep-tiny.yaml).")
+@click.option(
+    "--storage",
+    default=None,
+    metavar="PATH|URL",
+    help="Where the study lives (the config's storage): a SQLite file, or "
+    "postgresql://user@host/db so workers on several machines share one study. The "
+    "config's trials is then the total of all workers: two workers with trials=4 run 4 "
+    "trials between them, not 8.",
+)
+@click.option(
+    "--study-name",
+    default=None,
+    metavar="NAME",
+    help="Optuna study name (the config's study); workers that share a study give the "
+    "same storage and name.",
+)
+@click.option(
+    "--storage-password-env",
+    default=None,
+    metavar="VAR",
+    help="Env var holding the PostgreSQL password (else the URL's, or libpq's PGPASSWORD).",
+)
 @overrides_option()
-def sweep(config_path: Path, overrides: tuple[str, ...]) -> None:
-    """Search hyperparameters with Optuna, scored on validation only; resumable. Writes a
-    results table and the best config."""
+def sweep(
+    config_path: Path,
+    storage: str | None,
+    study_name: str | None,
+    storage_password_env: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Search hyperparameters with Optuna, scored on validation only; resumable, and
+    shared by several machines with a PostgreSQL --storage. Writes a results table and the
+    best config."""
+    import os
+
     require_training()
     from training.sweep import load_sweep_config
     from training.sweep import sweep as run_sweep
 
-    config = load_sweep_config(config_path, list(overrides))
-    best = run_sweep(config, log=echo_err)
+    password = None
+    if storage_password_env is not None:
+        password = os.environ.get(storage_password_env)
+        if password is None:
+            raise ConfigError(
+                f"--storage-password-env: environment variable {storage_password_env} is not set"
+            )
+    # JSON strings are YAML scalars: a URL or name is taken verbatim, never reparsed.
+    given = {"storage": storage, "study": study_name}
+    options = [f"{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
+    config = load_sweep_config(config_path, [*overrides, *options])
+    best = run_sweep(config, password=password, log=echo_err)
     click.echo(f"results: {config.output / 'results.md'}\nbest config: {best}")
 
 

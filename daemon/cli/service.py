@@ -27,6 +27,7 @@ from daemon.cli.common import (
 if TYPE_CHECKING:
     from click._termui_impl import ProgressBar
 
+    from daemon.config.settings import Account
     from daemon.core.cycle import CycleReport
     from daemon.service.supervisor import Service
 
@@ -36,8 +37,14 @@ if TYPE_CHECKING:
 @dry_run_option()
 def run(config_path: Path | None, overrides: tuple[str, ...], dry_run: bool) -> None:
     """Run the daemon until SIGTERM."""
+    from daemon.config.settings import load_settings as read_settings
+
     settings = load_settings(config_path, overrides)
-    service = open_service(settings, dry_run)
+
+    def accounts() -> list[Account]:  # SIGHUP: the settings file and accounts_dir again
+        return read_settings(config_path, list(overrides)).accounts
+
+    service = open_service(settings, dry_run, reload_accounts=accounts)
     sys.exit(service.run())
 
 
@@ -156,6 +163,14 @@ def check_config(config_path: Path | None, overrides: tuple[str, ...], connect: 
     )
     if not connect:
         return
+    from daemon.store.database import is_database_url
+    from daemon.store.state import StateStore
+
+    if is_database_url(settings.state):  # replicas: the database they all need
+        with StateStore(
+            settings.state, password=settings.state_password(), read_only=True, lock=False
+        ) as store:
+            click.echo(f"state ok: {store.where} reachable")
     failures = 0
     for check in check_logins(settings.accounts):
         if check.capabilities is None:

@@ -64,3 +64,52 @@ def migrate(
     for copy in copies:
         click.echo(f"{copy.table:12} {copy.rows:>9,} rows  sha256 {copy.sha256[:16]}")
     click.echo(f"state {settings.state} copied to {where}; set `state: {where}` in the settings")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per account.")
+@config_options
+def leases(as_json: bool, config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Which replica holds which account (a PostgreSQL state shared by replicas)."""
+    import json
+
+    from daemon.store.leases import LeaseTable
+    from daemon.store.state import StateStore
+
+    settings = load_settings(config_path, overrides)
+    if isinstance(settings.state, Path):
+        raise ConfigError(
+            f"the state is a SQLite file ({settings.state}): one daemon holds every account"
+        )
+    with StateStore(
+        settings.state, password=settings.state_password(), read_only=True, lock=False
+    ) as store:
+        rows = LeaseTable(store.database).all()
+    configured = {a.name for a in settings.accounts}
+    for row in rows:
+        held = row.owner is not None and row.seconds_left > 0
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "account": row.account,
+                        "owner": row.owner if held else None,
+                        "epoch": row.epoch,
+                        "expires_in": round(row.seconds_left, 1),
+                        "configured": row.account in configured,
+                    }
+                )
+            )
+            continue
+        state = (
+            f"held by {row.owner}, {row.seconds_left:.0f} s left"
+            if held
+            else f"unheld for {-row.seconds_left:.0f} s"
+        )
+        note = "" if row.account in configured else "  (not in these settings)"
+        click.echo(f"{row.account:24} epoch {row.epoch:>5}  {state}{note}")
+    for name in sorted(configured - {r.account for r in rows}):
+        if as_json:
+            click.echo(json.dumps({"account": name, "owner": None, "configured": True}))
+        else:
+            click.echo(f"{name:24} no lease yet (no replica has started with it)")

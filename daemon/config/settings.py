@@ -12,10 +12,19 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
-from daemon.config.yaml_settings import YamlSettings
+from daemon.config.yaml_settings import YamlSettings, describe_validation_error
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG = Path("cleaninbox.yaml")
@@ -400,6 +409,24 @@ class Settings(YamlSettings):
     state_password_file: Path | None = Field(
         default=None, description="PostgreSQL state: file holding the password."
     )
+    replica: str | None = Field(
+        default=None,
+        description="This replica's name in the lease table (default: host name and pid).",
+    )
+    lease_ttl: float = Field(
+        default=30.0,
+        ge=3,
+        description="PostgreSQL state: seconds an account's lease lasts unless renewed; "
+        "renewed every third of it, taken over by another replica after it expires.",
+    )
+    workers: int = Field(
+        default=8, ge=1, le=256, description="Poll cycles run at once (a bounded pool)."
+    )
+    accounts_dir: Path | None = Field(
+        default=None,
+        description="Directory of YAML files with more accounts (one account, or a list, "
+        "per file); re-read on SIGHUP.",
+    )
     dry_run: bool = Field(default=False, description="Decide and log, change nothing.")
     poll_interval: float = Field(default=60.0, gt=0, description="Default seconds per cycle.")
     jitter: float = Field(default=5.0, ge=0, description="Random delay added to each cycle.")
@@ -454,29 +481,75 @@ class Settings(YamlSettings):
         return account.poll_interval or self.poll_interval
 
 
+def _resolve_account_paths(account: Account, base: Path) -> None:
+    """Relative paths in an account are relative to the file that declared it."""
+    holders: list[tuple[object, tuple[str, ...]]] = [
+        (account, ("path", "password_file", "ca_file"))
+    ]
+    if account.oauth2 is not None:
+        holders.append((account.oauth2, ("client_secret_file", "refresh_token_file")))
+    for holder, fields in holders:
+        for field in fields:
+            value: Path | None = getattr(holder, field)
+            if value is not None and not value.is_absolute():
+                setattr(holder, field, base / value)
+
+
+def load_accounts_dir(directory: Path) -> list[Account]:
+    """The accounts in ``directory``'s ``*.yaml``/``*.yml`` files, in file-name order: each
+    file holds one account (a mapping) or a list of them. Errors name the file and key."""
+    if not directory.is_dir():
+        raise ConfigError(f"accounts_dir {directory} is not a directory")
+    accounts: list[Account] = []
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+    for file in files:
+        if file.name.startswith("."):
+            continue  # editors' and Kubernetes' ConfigMap scratch files
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"account file {file} is not valid YAML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"account file {file} cannot be read: {exc}") from exc
+        items = raw if isinstance(raw, list) else [raw] if raw is not None else []
+        for index, item in enumerate(items):
+            origin = f"account file {file}" + (f" item {index}" if isinstance(raw, list) else "")
+            if not isinstance(item, dict):
+                raise ConfigError(f"{origin}: an account must be a mapping")
+            try:
+                account = Account.model_validate(item)
+            except ValidationError as exc:
+                raise ConfigError(describe_validation_error(exc, origin)) from exc
+            _resolve_account_paths(account, file.resolve().parent)
+            accounts.append(account)
+    return accounts
+
+
 def load_settings(path: Path | None, overrides: list[str] | None = None) -> Settings:
-    """Settings from ``path`` (``cleaninbox.yaml`` if it exists when None) and the environment."""
+    """Settings from ``path`` (``cleaninbox.yaml`` if it exists when None) and the
+    environment, with the accounts of ``accounts_dir`` after the file's own."""
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     settings = Settings.load(path, overrides, what="settings")
     if path is not None:
         # Relative paths in the file are relative to the file, not to the working directory.
         base = path.resolve().parent
-        for field in ("model", "rules", "state", "state_password_file"):
+        for field in ("model", "rules", "state", "state_password_file", "accounts_dir"):
             value = getattr(settings, field)
             if isinstance(value, Path) and not value.is_absolute():
                 setattr(settings, field, base / value)
         if settings.retrain is not None and not settings.retrain.config.is_absolute():
             settings.retrain.config = base / settings.retrain.config
         for account in settings.accounts:
-            holders: list[tuple[object, tuple[str, ...]]] = [
-                (account, ("path", "password_file", "ca_file"))
-            ]
-            if account.oauth2 is not None:
-                holders.append((account.oauth2, ("client_secret_file", "refresh_token_file")))
-            for holder, fields in holders:
-                for field in fields:
-                    value_opt: Path | None = getattr(holder, field)
-                    if value_opt is not None and not value_opt.is_absolute():
-                        setattr(holder, field, base / value_opt)
+            _resolve_account_paths(account, base)
+    if settings.accounts_dir is not None:
+        seen = {a.name for a in settings.accounts}
+        for account in load_accounts_dir(settings.accounts_dir):
+            if account.name in seen:
+                raise ConfigError(
+                    f"accounts_dir {settings.accounts_dir}: account name {account.name!r} "
+                    "is used twice"
+                )
+            seen.add(account.name)
+            settings.accounts.append(account)
     return settings

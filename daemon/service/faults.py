@@ -58,6 +58,20 @@ def command_hook() -> Callable[[str], None] | None:
     return hook
 
 
+def command_hooks(*others: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """The fault hook (when configured) followed by ``others`` (a lease guard), as one
+    ``on_command`` hook; None when there is none."""
+    present = [hook for hook in (command_hook(), *others) if hook is not None]
+    if not present:
+        return None
+
+    def run(command: str) -> None:
+        for hook in present:
+            hook(command)
+
+    return run
+
+
 def open_mailbox_with_hooks(account: Account) -> Mailbox:
     """:func:`daemon.mailbox.open_mailbox` with the command hook, when one is configured."""
     return open_mailbox(account, on_command=command_hook())

@@ -1,8 +1,18 @@
-"""The long-running service: one APScheduler interval job per account, HTTP, signals.
+"""The long-running service: the accounts it is responsible for, their cycles, HTTP,
+signals.
 
-SIGTERM/SIGINT: stop taking new batches, finish the one in hand, exit 0.
-SIGHUP: reload rules and model (the running pair stays if the new one is invalid).
-A new ``models/current`` is picked up without a restart.
+Which accounts: every configured account on a SQLite state; on a PostgreSQL state shared
+by replicas, those whose lease this replica holds (:mod:`daemon.service.leases`), taken
+up and dropped as leases come and go. An active account polls on a bounded pool of
+``workers`` threads (an APScheduler job is a schedule entry, not a thread), connected only
+while its cycle runs; a ``mode: idle`` account keeps its triage connection and IDLE
+watchers, on its own thread.
+
+SIGTERM/SIGINT: stop taking new batches, finish the one in hand, give the leases back,
+exit 0. SIGHUP: reload rules and model (the running pair stays if the new one is
+invalid) and the accounts (the settings file and ``accounts_dir``): added, changed and
+removed accounts take effect without a restart. A new ``models/current`` is picked up
+without a restart.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -30,16 +40,24 @@ from structlog.contextvars import bound_contextvars
 from daemon.config.settings import Account, Settings
 from daemon.core.cycle import CycleReport, Mode, Progress, Triage
 from daemon.core.runtime import Runtime
-from daemon.errors import AuthError, ConnectionLostError, MailboxError
-from daemon.mailbox import Mailbox
+from daemon.errors import (
+    AuthError,
+    ConnectionLostError,
+    LeaseLostError,
+    MailboxError,
+    StateError,
+)
+from daemon.mailbox import Mailbox, open_mailbox
 from daemon.mailbox.oauth import token_source
 from daemon.metrics import Metrics
 from daemon.model.promotion import RetrainResult
 from daemon.service.backoff import backoff_delay
-from daemon.service.faults import open_mailbox_with_hooks
+from daemon.service.faults import command_hooks
 from daemon.service.health import Health
 from daemon.service.idle import STOP_CHECK, IdleWatcher
-from daemon.store.database import without_password
+from daemon.service.leases import LeaseKeeper, default_replica_name
+from daemon.store.database import is_database_url, without_password
+from daemon.store.leases import LeaseTable
 from daemon.store.state import StateStore
 
 if TYPE_CHECKING:
@@ -48,9 +66,22 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds a running cycle gets to finish after SIGTERM
 
+MailboxFactory = Callable[[Account, Callable[[str], None] | None], Mailbox]
+
+
+def _open(account: Account, on_command: Callable[[str], None] | None) -> Mailbox:
+    return open_mailbox(account, on_command=on_command)
+
 
 @dataclass
-class _Backoff:
+class _Active:
+    """An account this service is running: its schedule or IDLE worker and watchers."""
+
+    account: Account
+    stop: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event | None = None  # mode: idle
+    watchers: list[IdleWatcher] = field(default_factory=list)
+    retry_in: float | None = None
     failures: int = 0
 
 
@@ -61,41 +92,110 @@ class Service:
         *,
         registry: CollectorRegistry | None = None,
         dry_run: bool | None = None,
-        mailbox_factory: Callable[[Account], Mailbox] = open_mailbox_with_hooks,
+        mailbox_factory: MailboxFactory = _open,
+        reload_accounts: Callable[[], list[Account]] | None = None,
     ) -> None:
         self.settings = settings
         self.dry_run = settings.dry_run if dry_run is None else dry_run
         self.stop = threading.Event()
         self.metrics = Metrics(registry)
         self.runtime = Runtime(settings, self.metrics)
-        self.store = StateStore(settings.state, password=settings.state_password())
+        replica = settings.replica or default_replica_name()
+        self.store = StateStore(
+            settings.state, password=settings.state_password(), name=f"cleaninbox {replica}"
+        )
         self.triage = Triage(self.runtime, self.store, self.metrics, stop=self.stop)
-        for account in settings.accounts:
+        self.accounts: dict[str, Account] = {a.name: a for a in settings.accounts}
+        self.mailbox_factory = mailbox_factory
+        self.reload_accounts = reload_accounts
+        self.mailboxes: dict[str, Mailbox] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._active: dict[str, _Active] = {}
+        self._mutex = threading.RLock()  # guards accounts, mailboxes, locks, active
+        self.health = Health()
+        self.scheduler: BackgroundScheduler | None = None
+        self.leases: LeaseKeeper | None = None
+        if is_database_url(settings.state):
+            self.leases = LeaseKeeper(
+                LeaseTable(self.store.database),
+                replica,
+                settings.lease_ttl,
+                self._lease_accounts,
+                self.metrics,
+                changed=self._leases_changed,
+                share=False,  # one-shot commands need every account they touch; run shares
+            )
+            self.store.fence = self.leases.fence()
+            keeper = self.leases
+            self.health.checks.append(
+                lambda: None if keeper.database_ok else "state database unreachable"
+            )
+        self._leases_started = False
+        self._needed: set[str] = set()  # one-shot commands: the accounts they asked for
+        self._watch_tokens(settings.accounts)
+
+    def _lease_accounts(self) -> list[str]:
+        """The accounts to hold leases for: a share of all of them under ``run``; those a
+        one-shot command (once, backfill) asked for, otherwise."""
+        if self.leases is not None and self.leases.share:
+            return list(self.accounts)
+        return sorted(self._needed & set(self.accounts))
+
+    def _watch_tokens(self, accounts: list[Account]) -> None:
+        for account in accounts:
             if account.oauth2 is not None:
                 token_source(account, on_refresh=functools.partial(self._refreshed, account.name))
-        self.mailboxes = {a.name: mailbox_factory(a) for a in settings.accounts}
-        self.health = Health(intervals={a.name: settings.interval(a) for a in settings.accounts})
-        self._backoff = {a.name: _Backoff() for a in settings.accounts}
-        self._locks = {a.name: threading.Lock() for a in settings.accounts}
-        self.scheduler: BackgroundScheduler | None = None
-        # mode: idle accounts run in their own worker thread, woken by their IDLE watchers
-        self._wake = {a.name: threading.Event() for a in settings.accounts if a.mode == "idle"}
-        self._retry_in: dict[str, float] = {}
-        self.watchers: list[IdleWatcher] = []
 
     def _refreshed(self, account: str, reason: str) -> None:
         self.metrics.oauth_refreshes.labels(account, reason).inc()
 
     # -- one account -----------------------------------------------------------------------
 
+    def mailbox(self, name: str) -> Mailbox:
+        """The account's triage mailbox (made on first use; connected by its cycle)."""
+        with self._mutex:
+            if name not in self.mailboxes:
+                guard = self.leases.guard(name) if self.leases is not None else None
+                self.mailboxes[name] = self.mailbox_factory(
+                    self.accounts[name], command_hooks(guard)
+                )
+                self._locks.setdefault(name, threading.Lock())
+            return self.mailboxes[name]
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._mutex:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _hold(self, name: str | None = None) -> None:
+        """On a PostgreSQL state, make sure the lease rounds run (``run`` claims its share,
+        a one-shot command the account it is about to cycle)."""
+        if self.leases is None:
+            return
+        if name is not None:
+            self._needed.add(name)
+        if not self._leases_started:
+            self._leases_started = True
+            self.leases.start()
+        elif name is not None and not self.leases.holds(name):
+            self.leases.round()
+
+    def _wait_for_lease(self, name: str) -> None:
+        assert self.leases is not None
+        self._hold(name)
+        self.leases.acquire(name, self.stop)
+
     def cycle(
         self, name: str, mode: Mode | None = None, progress: Progress | None = None
     ) -> CycleReport:
         """One cycle over one account, retrying a lost connection a few times."""
-        account = self.settings.account(name)
-        mailbox = self.mailboxes[name]
+        account = self.settings.account(name) if name not in self.accounts else self.accounts[name]
+        if self.leases is not None and not self.leases.share:
+            self._wait_for_lease(name)
+        if self.leases is not None and not self.leases.holds(name):
+            raise LeaseLostError(name, "held by another replica")
+        mailbox = self.mailbox(name)
         mode = mode or Mode(dry_run=self.dry_run)
-        with self._locks[name]:
+        with self._lock(name):
             for attempt in stamina.retry_context(
                 on=ConnectionLostError, attempts=3, wait_initial=0.5, wait_max=5.0, timeout=60.0
             ):
@@ -110,23 +210,36 @@ class Service:
             self._run_job(name)
 
     def _run_job(self, name: str) -> None:
-        if self.stop.is_set():
+        active = self._active.get(name)
+        if self.stop.is_set() or active is None or active.stop.is_set():
             return
         self.runtime.check_for_new_model()
         try:
             report = self.cycle(name)
+        except LeaseLostError as exc:  # another replica has it now: it settles what is pending
+            log.warning("cycle_stopped", reason=str(exc))
+            return
         except MailboxError as exc:
             self.health.failed(name, str(exc), needs_person=isinstance(exc, AuthError))
             self.metrics.auth_failed.labels(name).set(1 if isinstance(exc, AuthError) else 0)
-            self._schedule_backoff(name, exc)
+            self._schedule_backoff(active, exc)
+            return
+        except StateError as exc:  # the database is down or unreachable: nothing was acted on
+            self.health.failed(name, str(exc))
+            self.metrics.errors.labels(name, "state").inc()
+            self._schedule_backoff(active, exc)
             return
         except Exception as exc:  # a bug must not kill the scheduler thread
             self.health.failed(name, f"{type(exc).__name__}: {exc}")
             self.metrics.errors.labels(name, "internal").inc()
             log.exception("cycle_crashed")
-            self._schedule_backoff(name, exc)
+            self._schedule_backoff(active, exc)
             return
-        self._backoff[name].failures = 0
+        finally:
+            if active.wake is None:  # polling: hold no connection between cycles
+                with contextlib.suppress(Exception):
+                    self.mailbox(name).close()
+        active.failures = 0
         self.health.ok(name)
         self.metrics.auth_failed.labels(name).set(0)
         log.info(
@@ -141,65 +254,171 @@ class Service:
             seconds=round(report.seconds, 3),
         )
 
-    def _schedule_backoff(self, name: str, exc: BaseException) -> None:
-        state = self._backoff[name]
-        state.failures += 1
-        interval = self.settings.interval(self.settings.account(name))
-        delay = backoff_delay(state.failures, interval, self.settings.backoff_max)
+    def _schedule_backoff(self, active: _Active, exc: BaseException) -> None:
+        active.failures += 1
+        name = active.account.name
+        interval = self.settings.interval(active.account)
+        delay = backoff_delay(active.failures, interval, self.settings.backoff_max)
         log.error(
             "cycle_failed",
             error=str(exc),
-            failures=state.failures,
+            failures=active.failures,
             retry_in_seconds=round(delay, 1),
         )
-        if name in self._wake:
-            self._retry_in[name] = delay
+        if active.wake is not None:
+            active.retry_in = delay
         elif self.scheduler is not None and not self.stop.is_set():
-            self.scheduler.modify_job(
-                name, next_run_time=datetime.now().astimezone() + timedelta(seconds=delay)
-            )
+            with contextlib.suppress(Exception):  # the job may just have been removed
+                self.scheduler.modify_job(
+                    name, next_run_time=datetime.now().astimezone() + timedelta(seconds=delay)
+                )
 
-    def _idle_worker(self, name: str) -> None:
+    # -- which accounts run here -------------------------------------------------------------
+
+    def _wanted(self) -> set[str]:
+        """Accounts this service should be running now."""
+        if self.leases is None:
+            return set(self.accounts)
+        return self.leases.held() & set(self.accounts)
+
+    def _leases_changed(self, gained: set[str], lost: set[str]) -> None:
+        if self.scheduler is not None and not self.stop.is_set():
+            self._converge()
+
+    def _converge(self) -> None:
+        """Start what should run and is not; stop what runs and should not."""
+        with self._mutex:
+            wanted = self._wanted()
+            for name in sorted(set(self._active) - wanted):
+                self._deactivate(name)
+            for name in sorted(wanted - set(self._active)):
+                self._activate(self.accounts[name])
+
+    def _activate(self, account: Account) -> None:
+        name = account.name
+        active = _Active(account)
+        self._active[name] = active
+        self.health.track(name, self.settings.interval(account))
+        if account.mode == "idle":
+            self._start_idle(active)
+        elif self.scheduler is not None:
+            self.scheduler.add_job(
+                self._job,
+                "interval",
+                args=[name],
+                id=name,
+                seconds=self.settings.interval(account),
+                jitter=self.settings.jitter or None,
+                next_run_time=datetime.now().astimezone(),
+                replace_existing=True,
+            )
+        log.info("account_started", account=name, mode=account.mode)
+
+    def _deactivate(self, name: str) -> None:
+        """Stop running ``name``: its schedule, worker and watchers end; its connections
+        are broken (a cycle in flight can send nothing more: its lease guard refuses)."""
+        active = self._active.pop(name)
+        active.stop.set()
+        if active.wake is not None:
+            active.wake.set()
+        if self.scheduler is not None:
+            with contextlib.suppress(Exception):
+                self.scheduler.remove_job(name)
+        for watcher in active.watchers:
+            watcher.abort()
+        mailbox = self.mailboxes.pop(name, None)
+        if mailbox is not None:
+            mailbox.abort()
+            threading.Thread(target=self._close_later, args=(name, mailbox), daemon=True).start()
+        self.health.forget(name)
+        log.info("account_stopped", account=name)
+
+    def _close_later(self, name: str, mailbox: Mailbox) -> None:
+        """Close a dropped mailbox once its cycle (if any) has let go of it."""
+        lock = self._lock(name)
+        if lock.acquire(timeout=SHUTDOWN_GRACE):
+            lock.release()
+        with contextlib.suppress(Exception):
+            mailbox.close()
+
+    def reload(self, reason: str = "SIGHUP") -> None:
+        """Rules and model; then the accounts, when the service knows where they come from."""
+        self.runtime.reload(reason)
+        if self.reload_accounts is None:
+            return
+        try:
+            fresh = {a.name: a for a in self.reload_accounts()}
+        except Exception as exc:  # a broken file must not stop the running accounts
+            log.error("accounts_reload_failed", error=str(exc))
+            return
+        with self._mutex:
+            changed = {n for n in set(fresh) & set(self.accounts) if fresh[n] != self.accounts[n]}
+            added, removed = set(fresh) - set(self.accounts), set(self.accounts) - set(fresh)
+            for name in changed & set(self._active):
+                self._deactivate(name)
+            for name in changed | removed:
+                self.mailboxes.pop(name, None)
+            self.accounts = fresh
+            self._watch_tokens([fresh[n] for n in added | changed])
+            log.info(
+                "accounts_reloaded",
+                added=sorted(added),
+                removed=sorted(removed),
+                changed=sorted(changed),
+            )
+        if self.leases is not None:
+            self.leases.round()  # claim new accounts, give back removed ones, at once
+        self._converge()
+
+    # -- mode: idle ------------------------------------------------------------------------
+
+    def _idle_worker(self, active: _Active) -> None:
         """Cycles for a mode: idle account: at once when a watcher wakes it, else every
         poll interval (a safety net); a wake during a cycle starts another right after."""
-        wake = self._wake[name]
-        interval = self.settings.interval(self.settings.account(name))
+        wake = active.wake
+        assert wake is not None
+        name = active.account.name
+        interval = self.settings.interval(active.account)
         wake.set()  # the first cycle runs at start, like a scheduled account's
-        while not self.stop.is_set():
+        while not (self.stop.is_set() or active.stop.is_set()):
             wake.wait(interval)
-            if self.stop.is_set():
+            if self.stop.is_set() or active.stop.is_set():
                 return
             wake.clear()
             self._job(name)
-            delay = self._retry_in.pop(name, None)
+            delay, active.retry_in = active.retry_in, None
             if delay is not None:
-                self.stop.wait(delay)
+                active.stop.wait(delay)
 
-    def _start_idle(self, account: Account) -> None:
+    def _start_idle(self, active: _Active) -> None:
+        account = active.account
         name = account.name
-        wake = self._wake[name]
+        wake = active.wake = threading.Event()
 
         def woken(reason: str) -> None:
             log.debug("woken", account=name, reason=reason)
             if reason == "link lost":
                 # The triage connection shares the path that just died: break it now, so
                 # the catch-up cycle reconnects at once instead of waiting out a timeout.
-                self.mailboxes[name].abort()
+                with self._mutex:
+                    mailbox = self.mailboxes.get(name)
+                if mailbox is not None:
+                    mailbox.abort()
             wake.set()
 
         threading.Thread(
-            target=self._idle_worker, args=(name,), name=f"triage-{name}", daemon=True
+            target=self._idle_worker, args=(active,), name=f"triage-{name}", daemon=True
         ).start()
         for folder in account.folders:
             watcher = IdleWatcher(
                 account,
                 folder,
                 woken,
-                self.stop,
+                active.stop,
                 self.metrics,
                 backoff_max=self.settings.backoff_max,
             )
-            self.watchers.append(watcher)
+            active.watchers.append(watcher)
             watcher.start()
 
     # -- scheduled retraining ----------------------------------------------------------------
@@ -209,7 +428,17 @@ class Service:
         into the daemon, and triage keeps its threads); a promoted model is then picked up
         by the model watcher like any other. The child prints its typed result
         (:class:`daemon.model.promotion.RetrainResult`) as one JSON line with ``--json``, also
-        when it fails. Returns promoted, kept or failed."""
+        when it fails. Returns promoted, kept or failed (skipped: another replica of a
+        shared PostgreSQL state is retraining)."""
+        if self.leases is None:
+            return self._retrain()
+        with self.leases.table.only_one("cleaninbox-retrain") as mine:
+            if not mine:
+                log.info("retrain_skipped", reason="another replica is retraining")
+                return "skipped"
+            return self._retrain()
+
+    def _retrain(self) -> str:
         schedule = self.settings.retrain
         assert schedule is not None
         nice = shutil.which("nice")
@@ -269,12 +498,12 @@ class Service:
     def once(self, mode: Mode | None = None) -> dict[str, CycleReport]:
         """One cycle over every account; errors are reported per account."""
         reports = {}
-        for account in self.settings.accounts:
+        for name in list(self.accounts):
             try:
-                reports[account.name] = self.cycle(account.name, mode)
-            except MailboxError as exc:
-                reports[account.name] = CycleReport(account.name, error=str(exc))
-                log.error("cycle_failed", account=account.name, error=str(exc))
+                reports[name] = self.cycle(name, mode)
+            except (MailboxError, LeaseLostError) as exc:
+                reports[name] = CycleReport(name, error=str(exc))
+                log.error("cycle_failed", account=name, error=str(exc))
         return reports
 
     def _signals(self) -> None:
@@ -283,7 +512,7 @@ class Service:
             self.stop.set()
 
         def hup(_signum: int, _frame: FrameType | None) -> None:
-            threading.Thread(target=self.runtime.reload, args=("SIGHUP",), daemon=True).start()
+            threading.Thread(target=self.reload, args=("SIGHUP",), daemon=True).start()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -306,26 +535,14 @@ class Service:
                 token.get_secret_value() if token else None,
             )
             server = serve_in_thread(app, self.settings, http_error.append)
+        from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler  # only `run` needs it
 
         scheduler = BackgroundScheduler(
-            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+            executors={"default": ThreadPoolExecutor(self.settings.workers)},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
         )
         self.scheduler = scheduler
-        now = datetime.now().astimezone()
-        for account in self.settings.accounts:
-            if account.mode == "idle":
-                self._start_idle(account)
-                continue
-            scheduler.add_job(
-                self._job,
-                "interval",
-                args=[account.name],
-                id=account.name,
-                seconds=self.settings.interval(account),
-                jitter=self.settings.jitter or None,
-                next_run_time=now,
-            )
         scheduler.add_job(
             self.runtime.check_for_new_model, "interval", seconds=10, id="model-watch"
         )
@@ -339,9 +556,16 @@ class Service:
                 max_instances=1,
             )
         scheduler.start()
+        if self.leases is not None:
+            self.leases.share = True  # a fair share of the accounts, not all of them
+        self._hold()
+        self._converge()
         log.info(
             "started",
-            accounts=[a.name for a in self.settings.accounts],
+            accounts=sorted(self._active),
+            configured=len(self.accounts),
+            replica=self.leases.replica if self.leases is not None else None,
+            workers=self.settings.workers,
             model=self.runtime.current.classifier.version,
             dry_run=self.dry_run,
             http=self.settings.http.listen if self.settings.http.enabled else None,
@@ -354,12 +578,19 @@ class Service:
                 self.stop.set()
         log.info("stopping", reason="signal" if status == 0 else "error")
         scheduler.shutdown(wait=False)
+        with self._mutex:
+            stopping = list(self._active.values())
+        for active in stopping:
+            active.stop.set()
+            if active.wake is not None:
+                active.wake.set()
         self._drain(SHUTDOWN_GRACE)
-        for watcher in self.watchers:  # they notice the stop flag within a second
-            watcher.join(STOP_CHECK + 1.0)
-            if watcher.thread.is_alive():
-                watcher.abort()
-                watcher.join(1.0)
+        for active in stopping:  # watchers notice the stop flag within a second
+            for watcher in active.watchers:
+                watcher.join(STOP_CHECK + 1.0)
+                if watcher.thread.is_alive():
+                    watcher.abort()
+                    watcher.join(1.0)
         if server is not None:
             server.should_exit = True
         self.close()
@@ -372,17 +603,28 @@ class Service:
         connections they are blocked on (a pending decision is reconciled at the next
         start, exactly as after a lost connection)."""
         deadline = time.monotonic() + grace
-        for name, lock in self._locks.items():
+        with self._mutex:
+            locks = dict(self._locks)
+        for name, lock in locks.items():
             if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 lock.release()
                 continue
             log.warning("aborting", account=name, reason=f"cycle still running after {grace:g} s")
-            self.mailboxes[name].abort()
+            with self._mutex:
+                mailbox = self.mailboxes.get(name)
+            if mailbox is not None:
+                mailbox.abort()
             if lock.acquire(timeout=grace):
                 lock.release()
 
     def close(self) -> None:
-        for mailbox in self.mailboxes.values():
+        """Close the connections, give the leases back (after the cycles have drained, so
+        nobody else starts while this replica still acts), close the store."""
+        with self._mutex:
+            mailboxes = list(self.mailboxes.values())
+        for mailbox in mailboxes:
             with contextlib.suppress(Exception):
                 mailbox.close()
+        if self.leases is not None and self._leases_started:
+            self.leases.stop()
         self.store.close()

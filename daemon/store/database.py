@@ -62,8 +62,6 @@ POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 POOL_SIZE, POOL_OVERFLOW = 4, 4
 
 _WRITE = "cleaninbox_write"
-#: pg_advisory_lock key of the one process writing a PostgreSQL state ("CleanIns").
-_INSTANCE_LOCK = 0x436C65616E496E73
 
 
 def is_database_url(location: Path | str) -> bool:
@@ -84,7 +82,7 @@ def without_password(location: Path | str) -> tuple[str, str | None]:
         return str(location), None
     url = sa.engine.make_url(str(location))
     password = None if url.password is None else str(url.password)
-    return url.set(password=None).render_as_string(hide_password=False), password
+    return url._replace(password=None).render_as_string(hide_password=False), password
 
 
 class Database:
@@ -117,19 +115,21 @@ class Database:
         return StateError(f"state {self.where}: {self.explain(exc.orig or exc)}")
 
     @contextmanager
-    def transaction(self) -> Iterator[sa.Connection]:
-        """One write transaction: committed when the block ends, rolled back on error."""
+    def transaction(self, *, journal: bool = True) -> Iterator[sa.Connection]:
+        """One write transaction: committed when the block ends, rolled back on error.
+        ``journal`` False: coordination (leases), not state: not counted, no crash hook."""
         if self.read_only:
             raise StateError(f"state {self.where} is open read-only")
         try:
             with self._connection(write=True) as conn, conn.begin():
                 yield conn
                 hook = _write_hook
-                if hook is not None:
+                if hook is not None and journal:
                     hook(self.writes + 1)  # a test may kill the process before this commit
         except sa.exc.DBAPIError as exc:
             raise self._error(exc) from exc
-        self.writes += 1
+        if journal:
+            self.writes += 1
 
     def rows(self, statement: sa.Executable) -> list[sa.RowMapping]:
         try:
@@ -287,13 +287,18 @@ def _begin_immediate(conn: sa.Connection) -> None:
 
 class PostgresDatabase(Database):
     """A PostgreSQL database: a pool of at most ``POOL_SIZE + POOL_OVERFLOW`` connections,
-    each transaction on its own; any number of processes may open it."""
+    each transaction on its own. Any number of processes may open it: replicas lease the
+    accounts (:mod:`daemon.store.leases`) and every write is fenced on its lease."""
 
     def __init__(
-        self, url: str, *, password: str | None = None, read_only: bool = False, lock: bool = True
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        read_only: bool = False,
+        application_name: str = "cleaninbox",
     ) -> None:
         super().__init__()
-        self._holder: sa.Connection | None = None
         parsed = sa.engine.make_url(url).set(drivername="postgresql+psycopg")
         if password is not None:
             parsed = parsed.set(password=password)
@@ -304,43 +309,22 @@ class PostgresDatabase(Database):
             parsed,
             pool_size=POOL_SIZE,
             max_overflow=POOL_OVERFLOW,
-            pool_pre_ping=True,
+            # No pre-ping (a round trip per checkout): after a lost server, the first
+            # statement fails, SQLAlchemy drops the pool, and the retry reconnects.
+            pool_recycle=600,
             pool_timeout=30,
-            connect_args={"connect_timeout": 10, "application_name": "cleaninbox"},
+            connect_args={"connect_timeout": 10, "application_name": application_name},
         )
         try:
             if read_only:
                 self.rows(sa.text("SELECT 1"))
             else:
                 self._migrate()
-                if lock:
-                    self._acquire_lock()
         except BaseException:
             self.engine.dispose()
             raise
 
-    def _acquire_lock(self) -> None:
-        """One writer per database, as with SQLite's lock file: a session advisory lock,
-        held by one connection for the life of the store (released when it closes or the
-        process dies)."""
-        try:
-            holder = self.engine.connect()
-            got = holder.exec_driver_sql(f"SELECT pg_try_advisory_lock({_INSTANCE_LOCK})")
-            taken = bool(got.scalar_one())
-            holder.commit()
-        except sa.exc.DBAPIError as exc:
-            raise self._error(exc) from exc
-        if not taken:
-            holder.close()
-            raise StateError(
-                f"state {self.where} is in use by another CleanInbox; only one may run on it"
-            )
-        self._holder = holder
-
     def close(self) -> None:
-        if self._holder is not None:
-            self._holder.close()
-            self._holder = None
         self.engine.dispose()
 
     def backup(self, target: Path) -> int:
@@ -355,7 +339,7 @@ class PostgresDatabase(Database):
                 "(Debian: postgresql-client); or use your database service's backups"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
-        url = self.url.set(drivername="postgresql", password=None)
+        url = self.url.set(drivername="postgresql")._replace(password=None)
         env = dict(os.environ)
         if self.url.password is not None:
             env["PGPASSWORD"] = str(self.url.password)
@@ -385,8 +369,10 @@ def open_database(
     password: str | None = None,
     read_only: bool = False,
     lock: bool = True,
+    name: str = "cleaninbox",
 ) -> Database:
-    """The database at ``location``: a SQLite file path or a ``postgresql://`` URL."""
+    """The database at ``location``: a SQLite file path or a ``postgresql://`` URL
+    (``name``: the connections' ``application_name`` in PostgreSQL, e.g. the replica's)."""
     if not is_database_url(location):
         return SqliteDatabase(Path(location), read_only=read_only, lock=lock)
     scheme = str(location).split("://", 1)[0].lower()
@@ -395,7 +381,9 @@ def open_database(
             f"state {display(location)}: unsupported database {scheme!r}; "
             "give a SQLite file path or a postgresql:// URL"
         )
-    return PostgresDatabase(str(location), password=password, read_only=read_only, lock=lock)
+    return PostgresDatabase(
+        str(location), password=password, read_only=read_only, application_name=name[:63]
+    )
 
 
 # A test-only hook (daemon/service/faults.py): called before each commit with its number.

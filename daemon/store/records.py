@@ -66,6 +66,8 @@ class Decision(NewDecision):
     id: int
     created_at: str
     done_at: str | None = None
+    #: The lease epoch the intent was journaled under (replicas on PostgreSQL; else None).
+    lease_epoch: int | None = None
 
     def journaled(self) -> NewDecision:
         """The decision as it was journaled (without its id and times)."""

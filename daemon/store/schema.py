@@ -56,6 +56,8 @@ decisions = sa.Table(
     sa.Column("undo_of", Id, sa.ForeignKey("decisions.id")),
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("done_at", sa.Text),
+    #: The lease epoch the intent was journaled under (PostgreSQL replicas; else null).
+    sa.Column("lease_epoch", sa.BigInteger),
     sa.Index(
         "decisions_message",
         "account",
@@ -99,5 +101,25 @@ corrections = sa.Table(
     sqlite_autoincrement=True,
 )
 
-#: Tables in an order that respects their foreign keys (for copying between stores).
+#: Who holds each account (replicas on a PostgreSQL state; daemon/store/leases.py). A
+#: claim raises the epoch; writes for the account are fenced on (owner, epoch, expiry).
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("account", sa.Text, primary_key=True),
+    sa.Column("owner", sa.Text),
+    sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Replicas alive (seen within one lease TTL): the fair share is accounts / replicas.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("replica", sa.Text, primary_key=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Tables ``state migrate`` copies, in an order that respects their foreign keys (leases
+#: and replicas are live coordination, not history: they start empty).
 TABLES: tuple[sa.Table, ...] = (folders, watched, decisions, corrections)

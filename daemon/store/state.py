@@ -10,7 +10,7 @@ plumbing (connection, lock, migrations, transactions, backup).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from daemon.store.database import Database, display, open_database, set_write_hook
+from daemon.store.leases import Fence
 from daemon.store.records import (
     DECISION_COLUMNS,
     Correction,
@@ -48,6 +49,13 @@ _CHUNK = 500
 
 class _Repository:
     database: Database
+    #: Set on a PostgreSQL state shared by replicas: every write for an account checks,
+    #: in its own transaction, that this replica still holds the account's lease.
+    fence: Fence | None = None
+
+    def _fenced(self, conn: sa.Connection, accounts: Iterable[str]) -> dict[str, int]:
+        """The lease epoch of each account (empty without a fence), or LeaseLostError."""
+        return {} if self.fence is None else self.fence.check(conn, accounts)
 
     def _rows_in(self, make: Any, values: Sequence[Any]) -> list[sa.RowMapping]:
         """The rows of ``make(chunk)`` (a statement with an IN over ``chunk``) over
@@ -83,6 +91,7 @@ class FolderRepository(_Repository):
 
     def set_folder(self, account: str, folder: str, uidvalidity: int, high_water: int) -> None:
         with self.database.transaction() as conn:
+            self._fenced(conn, [account])
             self._upsert(
                 conn,
                 folders,
@@ -116,6 +125,7 @@ class FolderRepository(_Repository):
         highestmodseq: int | None = None,
     ) -> None:
         with self.database.transaction() as conn:
+            self._fenced(conn, [account])
             self._upsert(
                 conn,
                 watched,
@@ -140,6 +150,10 @@ class DecisionRepository(_Repository):
         values = [dict(zip(DECISION_COLUMNS, decision_row(d, now), strict=True)) for d in new]
         insert = sa.insert(decisions).returning(decisions.c.id, sort_by_parameter_order=True)
         with self.database.transaction() as conn:
+            epochs = self._fenced(conn, {d.account for d in new})
+            if epochs:
+                for row in values:
+                    row["lease_epoch"] = epochs[row["account"]]
             return [int(i) for i in conn.execute(insert, values).scalars()]
 
     def finish(self, ids: Sequence[int], status: Status, reason: str | None = None) -> None:
@@ -160,6 +174,12 @@ class DecisionRepository(_Repository):
             )
         )
         with self.database.transaction() as conn:
+            if self.fence is not None:
+                ids = [i for i, _status, _reason in results]
+                owners = conn.execute(
+                    sa.select(decisions.c.account).distinct().where(decisions.c.id.in_(ids))
+                ).scalars()
+                self._fenced(conn, owners)
             conn.execute(
                 update,
                 [{"_id": i, "_status": status, "_reason": reason} for i, status, reason in results],
@@ -285,6 +305,7 @@ class CorrectionRepository(_Repository):
     def add_correction(self, decision: Decision, corrected: str, folder: str, text: str) -> bool:
         """Record (or update: the user moved it again) a correction; True when new."""
         with self.database.transaction() as conn:
+            self._fenced(conn, [decision.account])
             existed = conn.execute(
                 sa.select(corrections.c.id).where(corrections.c.decision_id == decision.id)
             ).first()
@@ -328,8 +349,11 @@ class StateStore(FolderRepository, DecisionRepository, CorrectionRepository):
         password: str | None = None,
         read_only: bool = False,
         lock: bool = True,
+        name: str = "cleaninbox",
     ) -> None:
-        self.database = open_database(location, password=password, read_only=read_only, lock=lock)
+        self.database = open_database(
+            location, password=password, read_only=read_only, lock=lock, name=name
+        )
         self.location = location
 
     @property

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sqlite3
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from daemon.config.settings import load_settings
 from daemon.model.samples import render_email
+from daemon.store.state import StateStore
 from tests.mail_fixtures import MailUser, cli, snapshot
 
 SEED_HEADER = b"X-CleanInbox-Seed"
@@ -94,6 +95,18 @@ class Findings:
         self.problems.append(problem)
 
 
+def journal(workdir: Path, account: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The triage decisions (as dicts) and the number of pending ones, read from the state
+    workdir/cleaninbox.yaml names (a SQLite file or a PostgreSQL database)."""
+    settings = load_settings(workdir / "cleaninbox.yaml")
+    with StateStore(
+        settings.state, password=settings.state_password(), read_only=True, lock=False
+    ) as store:
+        rows = [asdict(d) for d in store.history(account=account, kind="triage")]
+        pending = len(store.pending(account))
+    return rows, pending
+
+
 def examine(
     user: MailUser,
     workdir: Path,
@@ -101,13 +114,13 @@ def examine(
     *,
     destinations: set[str],
     source: str = "INBOX",
+    account: str | None = None,
 ) -> Findings:
+    """``account``: only that account's decisions (several accounts share one state)."""
     found = Findings()
     located = locate(user)
-    db = sqlite3.connect(state_path(workdir))
-    db.row_factory = sqlite3.Row
-    rows = db.execute("SELECT * FROM decisions WHERE kind = 'triage'").fetchall()
-    by_mid: dict[str, list[sqlite3.Row]] = {}
+    rows, pending = journal(workdir, account)
+    by_mid: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_mid.setdefault(row["message_id"], []).append(row)
     for name, seed in seeds.items():
@@ -138,7 +151,7 @@ def examine(
         if len(decisions) > 1:
             found.add("state", f"{name}: {len(decisions)} triage decisions")
         decision = decisions[0] if decisions else None
-        described = dict(decision) if decision else None
+        described = decision
         if folder in destinations:
             if (
                 decision is None
@@ -158,8 +171,6 @@ def examine(
                 )
         else:
             found.add("misrouted", f"{name}: in unexpected folder {folder}")
-    pending = db.execute("SELECT count(*) FROM decisions WHERE status = 'pending'").fetchone()[0]
-    db.close()
     if pending:
         found.counts["pending"] = int(pending)
         found.problems.append(f"{pending} decisions still pending")
@@ -169,14 +180,10 @@ def examine(
 def rerun_actions(user: MailUser, workdir: Path) -> int:
     """Run once more; the number of new decisions plus 1 if the server changed."""
     before = snapshot_all(user)
-    db = sqlite3.connect(state_path(workdir))
-    count = db.execute("SELECT count(*) FROM decisions WHERE kind = 'triage'").fetchone()[0]
-    db.close()
+    count = len(journal(workdir)[0])
     cli(workdir, "once")
-    db = sqlite3.connect(state_path(workdir))
-    after = db.execute("SELECT count(*) FROM decisions WHERE kind = 'triage'").fetchone()[0]
-    db.close()
-    return int(after - count) + int(snapshot_all(user) != before)
+    after = len(journal(workdir)[0])
+    return after - count + int(snapshot_all(user) != before)
 
 
 def check(
