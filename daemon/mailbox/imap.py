@@ -149,6 +149,8 @@ class ImapMailbox(Mailbox):
         self._known_folders.clear()
         if client is not None:
             try:
+                if self._on_command is not None:
+                    self._on_command("LOGOUT")  # a lease guard may refuse even this
                 client.logout()
             except Exception:
                 with suppress(Exception):

@@ -84,6 +84,7 @@ class LeaseKeeper:
         self.clock = clock
         self._held: dict[str, _Held] = {}
         self._mutex = threading.Lock()
+        self._rounds = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.database_ok = False
@@ -127,6 +128,10 @@ class LeaseKeeper:
     def round(self) -> tuple[set[str], set[str]]:
         """One round; (gained, lost) accounts. Database errors are logged and counted:
         leases then run out locally on their own, and the next round tries again."""
+        with self._rounds:  # the keeper's thread and a SIGHUP may both ask for one
+            return self._locked_round()
+
+    def _locked_round(self) -> tuple[set[str], set[str]]:
         started = self.clock()
         accounts = sorted(set(self.accounts()))
         try:
@@ -172,7 +177,8 @@ class LeaseKeeper:
             for account in lost | give_back:
                 self._held.pop(account, None)
             for account in renewed - give_back:
-                self._held[account].trusted_until = trusted
+                if account in self._held:  # stop() may have emptied it meanwhile
+                    self._held[account].trusted_until = trusted
         want = target - len(renewed - give_back)
         claimed = self.table.claim(self.replica, accounts, want, self.ttl)
         with self._mutex:
