@@ -291,10 +291,18 @@ class Service:
             wanted = self._wanted()
             for name in sorted(set(self._active) - wanted):
                 self._deactivate(name)
-            for name in sorted(wanted - set(self._active)):
-                self._activate(self.accounts[name])
+            starting = sorted(wanted - set(self._active))
+            # Many accounts at once (a start, a takeover): spread their first cycles over
+            # half a poll interval instead of queueing them all on the pool at this
+            # instant (a taken-over account still cycles within TTL + one interval).
+            spread = len(starting) > self.settings.workers
+            for k, name in enumerate(starting):
+                account = self.accounts[name]
+                window = self.settings.interval(account) / 2
+                delay = window * k / len(starting) if spread else 0.0
+                self._activate(account, delay)
 
-    def _activate(self, account: Account) -> None:
+    def _activate(self, account: Account, delay: float = 0.0) -> None:
         name = account.name
         active = _Active(account)
         self._active[name] = active
@@ -309,7 +317,7 @@ class Service:
                 id=name,
                 seconds=self.settings.interval(account),
                 jitter=self.settings.jitter or None,
-                next_run_time=datetime.now().astimezone(),
+                next_run_time=datetime.now().astimezone() + timedelta(seconds=delay),
                 replace_existing=True,
             )
         log.info("account_started", account=name, mode=account.mode)
