@@ -57,6 +57,11 @@ def test_migrate_copies_everything_verified(tmp_path: Path, pg_url: str) -> None
     assert [r["uid"] for r in rows] == [1, 2, 3, 1, 4]
     cli(tmp_path, "feedback", "export", "--output", str(tmp_path / "c.csv"))
     assert "where is my card?" in (tmp_path / "c.csv").read_text()
+    from training.retrain import load_corrections  # what `retrain --state URL` reads
+
+    assert [(e.text, e.label) for e in load_corrections(None, pg_url)] == [
+        ("where is my card?", "card_arrival")
+    ]
     backup = cli(tmp_path, "backup", str(tmp_path / "b.dump")).stdout
     assert "backed up" in backup and "b.dump" in backup
     listing = subprocess.run(
