@@ -43,7 +43,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 test: system-deps venv lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # The quick loop: lint, types, unit tests and the in-process triage core (tests/core) on
 # SQLite; no Dovecot, no PostgreSQL, no training run (tests marked dovecot, postgres, slow

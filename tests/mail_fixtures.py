@@ -36,7 +36,7 @@ __all__ = [
     "workdir",
 ]
 
-USERS = [f"user{i:03d}" for i in range(64)]
+USERS = [f"user{i:03d}" for i in range(128)]
 _free_users = list(USERS)
 
 

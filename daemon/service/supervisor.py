@@ -1,12 +1,10 @@
-"""The long-running service: the accounts it is responsible for, their cycles, HTTP,
-signals.
+"""The long-running service: its accounts' cycles, HTTP, signals, the model watch and
+the scheduled retrain.
 
-Which accounts: every configured account on a SQLite state; on a PostgreSQL state shared
-by replicas, those whose lease this replica holds (:mod:`daemon.service.leases`), taken
-up and dropped as leases come and go. An active account polls on a bounded pool of
-``workers`` threads (an APScheduler job is a schedule entry, not a thread), connected only
-while its cycle runs; a ``mode: idle`` account keeps its triage connection and IDLE
-watchers, on its own thread.
+Which accounts run here, and how, is the roster's (:mod:`daemon.service.roster`): all of
+them on SQLite; on a PostgreSQL state shared by replicas, those whose lease this replica
+holds. Polled accounts run on a bounded pool of ``workers`` threads and are connected only
+while their cycle runs; a ``mode: idle`` account keeps its connection and watchers.
 
 SIGTERM/SIGINT: stop taking new batches, finish the one in hand, give the leases back,
 exit 0. SIGHUP: reload rules and model (the running pair stays if the new one is
@@ -19,15 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -50,13 +43,14 @@ from daemon.errors import (
 from daemon.mailbox import Mailbox, open_mailbox
 from daemon.mailbox.oauth import token_source
 from daemon.metrics import Metrics
-from daemon.model.promotion import RetrainResult
 from daemon.service.backoff import backoff_delay
 from daemon.service.faults import command_hooks
 from daemon.service.health import Health
-from daemon.service.idle import STOP_CHECK, IdleWatcher
+from daemon.service.idle import STOP_CHECK
 from daemon.service.leases import LeaseKeeper, default_replica_name
-from daemon.store.database import is_database_url, without_password
+from daemon.service.retrain_job import launch
+from daemon.service.roster import SHUTDOWN_GRACE, Active, Roster
+from daemon.store.database import is_database_url
 from daemon.store.leases import LeaseTable
 from daemon.store.state import StateStore
 
@@ -64,7 +58,6 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
 log = structlog.get_logger(__name__)
-SHUTDOWN_GRACE = 10.0  # seconds a running cycle gets to finish after SIGTERM
 
 MailboxFactory = Callable[[Account, Callable[[str], None] | None], Mailbox]
 
@@ -73,19 +66,10 @@ def _open(account: Account, on_command: Callable[[str], None] | None) -> Mailbox
     return open_mailbox(account, on_command=on_command)
 
 
-@dataclass
-class _Active:
-    """An account this service is running: its schedule or IDLE worker and watchers."""
+class Service(Roster):
+    """The daemon: its accounts' cycles (the roster decides which run here), HTTP,
+    signals, the model watch and the scheduled retrain."""
 
-    account: Account
-    stop: threading.Event = field(default_factory=threading.Event)
-    wake: threading.Event | None = None  # mode: idle
-    watchers: list[IdleWatcher] = field(default_factory=list)
-    retry_in: float | None = None
-    failures: int = 0
-
-
-class Service:
     def __init__(
         self,
         settings: Settings,
@@ -110,7 +94,7 @@ class Service:
         self.reload_accounts = reload_accounts
         self.mailboxes: dict[str, Mailbox] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._active: dict[str, _Active] = {}
+        self._active: dict[str, Active] = {}
         self._mutex = threading.RLock()  # guards accounts, mailboxes, locks, active
         self.health = Health()
         self.scheduler: BackgroundScheduler | None = None
@@ -254,7 +238,7 @@ class Service:
             seconds=round(report.seconds, 3),
         )
 
-    def _schedule_backoff(self, active: _Active, exc: BaseException) -> None:
+    def _schedule_backoff(self, active: Active, exc: BaseException) -> None:
         active.failures += 1
         name = active.account.name
         interval = self.settings.interval(active.account)
@@ -273,233 +257,19 @@ class Service:
                     name, next_run_time=datetime.now().astimezone() + timedelta(seconds=delay)
                 )
 
-    # -- which accounts run here -------------------------------------------------------------
-
-    def _wanted(self) -> set[str]:
-        """Accounts this service should be running now."""
-        if self.leases is None:
-            return set(self.accounts)
-        return self.leases.held() & set(self.accounts)
-
-    def _leases_changed(self, gained: set[str], lost: set[str]) -> None:
-        if self.scheduler is not None and not self.stop.is_set():
-            self._converge()
-
-    def _converge(self) -> None:
-        """Start what should run and is not; stop what runs and should not."""
-        with self._mutex:
-            wanted = self._wanted()
-            for name in sorted(set(self._active) - wanted):
-                self._deactivate(name)
-            starting = sorted(wanted - set(self._active))
-            # Many accounts at once (a start, a takeover): spread their first cycles over
-            # half a poll interval instead of queueing them all on the pool at this
-            # instant (a taken-over account still cycles within TTL + one interval).
-            spread = len(starting) > self.settings.workers
-            for k, name in enumerate(starting):
-                account = self.accounts[name]
-                window = self.settings.interval(account) / 2
-                delay = window * k / len(starting) if spread else 0.0
-                self._activate(account, delay)
-
-    def _activate(self, account: Account, delay: float = 0.0) -> None:
-        name = account.name
-        active = _Active(account)
-        self._active[name] = active
-        self.health.track(name, self.settings.interval(account))
-        if account.mode == "idle":
-            self._start_idle(active)
-        elif self.scheduler is not None:
-            self.scheduler.add_job(
-                self._job,
-                "interval",
-                args=[name],
-                id=name,
-                seconds=self.settings.interval(account),
-                jitter=self.settings.jitter or None,
-                next_run_time=datetime.now().astimezone() + timedelta(seconds=delay),
-                replace_existing=True,
-            )
-        log.info("account_started", account=name, mode=account.mode)
-
-    def _deactivate(self, name: str) -> None:
-        """Stop running ``name``: its schedule, worker and watchers end; its connections
-        are broken (a cycle in flight can send nothing more: its lease guard refuses)."""
-        active = self._active.pop(name)
-        active.stop.set()
-        if active.wake is not None:
-            active.wake.set()
-        if self.scheduler is not None:
-            with contextlib.suppress(Exception):
-                self.scheduler.remove_job(name)
-        for watcher in active.watchers:
-            watcher.abort()
-        mailbox = self.mailboxes.pop(name, None)
-        if mailbox is not None:
-            mailbox.abort()
-            threading.Thread(target=self._close_later, args=(name, mailbox), daemon=True).start()
-        self.health.forget(name)
-        log.info("account_stopped", account=name)
-
-    def _close_later(self, name: str, mailbox: Mailbox) -> None:
-        """Close a dropped mailbox once its cycle (if any) has let go of it."""
-        lock = self._lock(name)
-        if lock.acquire(timeout=SHUTDOWN_GRACE):
-            lock.release()
-        with contextlib.suppress(Exception):
-            mailbox.close()
-
-    def reload(self, reason: str = "SIGHUP") -> None:
-        """Rules and model; then the accounts, when the service knows where they come from."""
-        self.runtime.reload(reason)
-        if self.reload_accounts is None:
-            return
-        try:
-            fresh = {a.name: a for a in self.reload_accounts()}
-        except Exception as exc:  # a broken file must not stop the running accounts
-            log.error("accounts_reload_failed", error=str(exc))
-            return
-        with self._mutex:
-            changed = {n for n in set(fresh) & set(self.accounts) if fresh[n] != self.accounts[n]}
-            added, removed = set(fresh) - set(self.accounts), set(self.accounts) - set(fresh)
-            for name in changed & set(self._active):
-                self._deactivate(name)
-            for name in changed | removed:
-                self.mailboxes.pop(name, None)
-            self.accounts = fresh
-            self._watch_tokens([fresh[n] for n in added | changed])
-            log.info(
-                "accounts_reloaded",
-                added=sorted(added),
-                removed=sorted(removed),
-                changed=sorted(changed),
-            )
-        if self.leases is not None:
-            self.leases.round()  # claim new accounts, give back removed ones, at once
-        self._converge()
-
-    # -- mode: idle ------------------------------------------------------------------------
-
-    def _idle_worker(self, active: _Active) -> None:
-        """Cycles for a mode: idle account: at once when a watcher wakes it, else every
-        poll interval (a safety net); a wake during a cycle starts another right after."""
-        wake = active.wake
-        assert wake is not None
-        name = active.account.name
-        interval = self.settings.interval(active.account)
-        wake.set()  # the first cycle runs at start, like a scheduled account's
-        while not (self.stop.is_set() or active.stop.is_set()):
-            wake.wait(interval)
-            if self.stop.is_set() or active.stop.is_set():
-                return
-            wake.clear()
-            self._job(name)
-            delay, active.retry_in = active.retry_in, None
-            if delay is not None:
-                active.stop.wait(delay)
-
-    def _start_idle(self, active: _Active) -> None:
-        account = active.account
-        name = account.name
-        wake = active.wake = threading.Event()
-
-        def woken(reason: str) -> None:
-            log.debug("woken", account=name, reason=reason)
-            if reason == "link lost":
-                # The triage connection shares the path that just died: break it now, so
-                # the catch-up cycle reconnects at once instead of waiting out a timeout.
-                with self._mutex:
-                    mailbox = self.mailboxes.get(name)
-                if mailbox is not None:
-                    mailbox.abort()
-            wake.set()
-
-        threading.Thread(
-            target=self._idle_worker, args=(active,), name=f"triage-{name}", daemon=True
-        ).start()
-        for folder in account.folders:
-            watcher = IdleWatcher(
-                account,
-                folder,
-                woken,
-                active.stop,
-                self.metrics,
-                backoff_max=self.settings.backoff_max,
-            )
-            active.watchers.append(watcher)
-            watcher.start()
-
     # -- scheduled retraining ----------------------------------------------------------------
 
     def retrain(self) -> str:
-        """Run ``cleaninbox retrain`` in a separate, low-priority process (torch never loads
-        into the daemon, and triage keeps its threads); a promoted model is then picked up
-        by the model watcher like any other. The child prints its typed result
-        (:class:`daemon.model.promotion.RetrainResult`) as one JSON line with ``--json``, also
-        when it fails. Returns promoted, kept or failed (skipped: another replica of a
-        shared PostgreSQL state is retraining)."""
+        """The scheduled retrain (:func:`daemon.service.retrain_job.launch`); with replicas,
+        on one of them at a time. Returns promoted, kept, failed or skipped (another
+        replica of a shared PostgreSQL state is retraining)."""
         if self.leases is None:
-            return self._retrain()
+            return launch(self.settings, self.metrics)
         with self.leases.table.only_one("cleaninbox-retrain") as mine:
             if not mine:
                 log.info("retrain_skipped", reason="another replica is retraining")
                 return "skipped"
-            return self._retrain()
-
-    def _retrain(self) -> str:
-        schedule = self.settings.retrain
-        assert schedule is not None
-        nice = shutil.which("nice")
-        # A PostgreSQL password goes to the child in libpq's PGPASSWORD, never in its argv.
-        state, password = without_password(self.settings.state)
-        password = self.settings.state_password() or password
-        env = {**os.environ, **({"PGPASSWORD": password} if password else {})}
-        command = [
-            *([nice, "-n", "19"] if nice else []),
-            sys.executable,
-            "-m",
-            "daemon.cli",
-            "retrain",
-            "--json",
-            "--config",
-            str(schedule.config),
-            "--state",
-            state,
-            "--models-dir",
-            str(self.settings.model.parent),
-        ]
-        log.info("retrain_started", config=str(schedule.config))
-        started = time.monotonic()
-        try:
-            result = subprocess.run(
-                command,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=schedule.timeout_hours * 3600,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            outcome, detail = "failed", f"took longer than {schedule.timeout_hours:g} h"
-        else:
-            lines = result.stdout.strip().splitlines()
-            try:
-                parsed = RetrainResult.from_json(lines[-1]) if lines else None
-            except ValueError:
-                parsed = None
-            if parsed is not None and (parsed.outcome == "failed") == (result.returncode != 0):
-                outcome, detail = parsed.outcome, parsed.reason
-            else:  # it died before printing a result: the last stderr line says why
-                outcome = "failed"
-                detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        self.metrics.retrains.labels(outcome).inc()
-        (log.info if outcome != "failed" else log.error)(
-            "retrain_finished",
-            outcome=outcome,
-            detail=detail,
-            seconds=round(time.monotonic() - started, 1),
-        )
-        return outcome
+            return launch(self.settings, self.metrics)
 
     # -- lifecycle -------------------------------------------------------------------------
 
