@@ -10,7 +10,8 @@ file per account), each replica with its own HTTP port. Measured:
    every account has completed a cycle (its ``cycle`` log event), target one poll interval
    (plus the configured jitter); then, over ``--window`` seconds, the largest gap between
    two cycle starts of one account (the end of the window counts as a start, so an account
-   that stops cycling shows); peak RSS per replica (``VmHWM``), target <= 300 MB;
+   that stops cycling shows), target one interval plus jitter plus ``DISPATCH_TOLERANCE``
+   (a pool thread picks a cycle up a little after its fire time); peak RSS per replica (``VmHWM``), target <= 300 MB;
    PostgreSQL connections per replica (``pg_stat_activity`` by ``application_name``, the
    most seen in samples every ``--sample-every`` s), target <= 10; leases per replica
    (the most seen), target <= ceil(N/R) + 1;
@@ -424,8 +425,15 @@ def measure(run: Run, server: Dovecot, launched: float) -> None:
     run.rows.extend(resources(run))
 
 
-def _target(args: argparse.Namespace) -> str:
-    return f"≤ {args.poll_interval:g} s (+ {args.jitter:g} s jitter)"
+#: Seconds a gap may exceed interval + jitter: the schedule's fire times are exactly one
+#: interval (+ jitter) apart, and a cycle starts when a pool thread has picked it up, a
+#: little after its fire time; a gap above this tolerance means the schedule fell behind.
+DISPATCH_TOLERANCE = 0.5
+
+
+def _target(args: argparse.Namespace, dispatch: bool = False) -> str:
+    extra = f", + {DISPATCH_TOLERANCE:g} s dispatch" if dispatch else ""
+    return f"≤ {args.poll_interval:g} s (+ {args.jitter:g} s jitter{extra})"
 
 
 def rebalance(run: Run, launched: float) -> float:
@@ -520,8 +528,8 @@ def steady_state(run: Run, server: Dovecot, leased: float, cycled: float) -> Non
             f"largest gap between cycle starts of one account, {end - leased:.0f} s window",
             f"{worst:.1f} s (median {statistics.median(gaps):.1f} s; "
             f"{appender.appended} messages appended meanwhile)",
-            _target(args),
-            worst <= args.poll_interval + args.jitter,
+            _target(args, dispatch=True),
+            worst <= args.poll_interval + args.jitter + DISPATCH_TOLERANCE,
         )
     )
 

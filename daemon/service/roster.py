@@ -6,7 +6,8 @@ those whose lease this replica holds, taken up and dropped as leases come and go
 (:mod:`daemon.service.leases`), and as SIGHUP adds, changes or removes accounts. A polled
 account is an APScheduler job on the bounded pool; a ``mode: idle`` account has its own
 worker thread and IDLE watchers. Starting many accounts at once (a start, a takeover)
-spreads their first cycles over half a poll interval.
+spreads their first cycles over half a poll interval and their steady schedules over a
+whole one (so replicas that start together do not all poll in the same half minute).
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ from daemon.metrics import Metrics
 from daemon.service.health import Health
 from daemon.service.idle import IdleWatcher
 from daemon.service.leases import LeaseKeeper
+from daemon.service.schedule import Grid
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
 log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds a running cycle gets to finish after SIGTERM
+
+
+def first_cycle_job(name: str) -> str:
+    """The id of the one-off job of an account's first cycle (its schedule's id is its
+    name)."""
+    return f"{name}\x00first"
 
 
 @dataclass
@@ -87,7 +95,9 @@ class Roster:
             starting = sorted(wanted - set(self._active))
             # Many accounts at once (a start, a takeover): spread their first cycles over
             # half a poll interval instead of queueing them all on the pool at this
-            # instant (a taken-over account still cycles within TTL + one interval).
+            # instant (a taken-over account still cycles within TTL + one interval), and
+            # their schedules over the whole interval: account k polls first at d_k, then
+            # at 2 d_k and every interval after, so the pool sees an even load.
             spread = len(starting) > self.settings.workers
             for k, name in enumerate(starting):
                 account = self.accounts[name]
@@ -96,6 +106,8 @@ class Roster:
                 self._activate(account, delay)
 
     def _activate(self, account: Account, delay: float = 0.0) -> None:
+        """Run ``account`` here: its first cycle after ``delay`` seconds; a polled
+        account's schedule then takes the phase ``2 * delay`` (see ``_converge``)."""
         name = account.name
         active = Active(account)
         self._active[name] = active
@@ -103,16 +115,24 @@ class Roster:
         if account.mode == "idle":
             self._start_idle(active)
         elif self.scheduler is not None:
+            phase = datetime.now().astimezone() + timedelta(seconds=2 * delay)
             self.scheduler.add_job(
                 self._job,
-                "interval",
+                Grid(self.settings.interval(account), start=phase, jitter=self.settings.jitter),
                 args=[name],
                 id=name,
-                seconds=self.settings.interval(account),
-                jitter=self.settings.jitter or None,
-                next_run_time=datetime.now().astimezone() + timedelta(seconds=delay),
+                next_run_time=phase,
                 replace_existing=True,
             )
+            if delay > 0:
+                self.scheduler.add_job(
+                    self._job,
+                    "date",
+                    args=[name],
+                    id=first_cycle_job(name),
+                    run_date=phase - timedelta(seconds=delay),
+                    replace_existing=True,
+                )
         log.info("account_started", account=name, mode=account.mode)
 
     def _deactivate(self, name: str) -> None:
@@ -123,8 +143,9 @@ class Roster:
         if active.wake is not None:
             active.wake.set()
         if self.scheduler is not None:
-            with contextlib.suppress(Exception):
-                self.scheduler.remove_job(name)
+            for job in (name, first_cycle_job(name)):
+                with contextlib.suppress(Exception):  # a first cycle's job is gone once run
+                    self.scheduler.remove_job(job)
         for watcher in active.watchers:
             watcher.abort()
         mailbox = self.mailboxes.pop(name, None)
