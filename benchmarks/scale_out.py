@@ -11,7 +11,8 @@ file per account), each replica with its own HTTP port. Measured:
    (plus the configured jitter); then, over ``--window`` seconds, the largest gap between
    two cycle starts of one account (the end of the window counts as a start, so an account
    that stops cycling shows), target one interval plus jitter plus ``DISPATCH_TOLERANCE``
-   (a pool thread picks a cycle up a little after its fire time); peak RSS per replica (``VmHWM``), target <= 300 MB;
+   (a pool thread picks a cycle up a little after its fire time); peak RSS per replica
+   (``VmHWM``), target <= 300 MB;
    PostgreSQL connections per replica (``pg_stat_activity`` by ``application_name``, the
    most seen in samples every ``--sample-every`` s), target <= 10; leases per replica
    (the most seen), target <= ceil(N/R) + 1;
