@@ -168,6 +168,13 @@ class ExportConfig(_Section):
     max_size_mb: float = Field(default=30.0, gt=0, description="Size budget for model.onnx.")
     min_agreement: float = Field(default=0.995, ge=0, le=1)
     max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
+    min_embedding_cosine: float = Field(
+        default=0.98,
+        ge=0,
+        le=1,
+        description="Served (int8) sentence embeddings vs PyTorch's on validation: at least "
+        "this mean cosine (the correction memory compares messages by them).",
+    )
 
 
 class ReportConfig(_Section):
@@ -199,6 +206,26 @@ class RetrainConfig(_Section):
     )
 
 
+class MemoryConfig(_Section):
+    """How the correction memory's thresholds are chosen at export (on validation and the
+    development set; see ``training.memory_calibration``)."""
+
+    max_flip_rate: float = Field(
+        default=0.002,
+        ge=0,
+        le=0.1,
+        description="Both thresholds are the lowest at which the validation and development "
+        "errors, kept as corrections, turn at most this share of those messages from right "
+        "to wrong.",
+    )
+    support: int = Field(
+        default=2,
+        ge=1,
+        description="The same correction of sure decisions made this many times covers "
+        "that kind of mail (the lower repeated_similarity); shipped in the bundle.",
+    )
+
+
 class TrainConfig(YamlSettings):
     """Everything one ``cleaninbox train`` run needs; saved into the bundle."""
 
@@ -225,6 +252,7 @@ class TrainConfig(YamlSettings):
     export: ExportConfig = ExportConfig()
     report: ReportConfig = ReportConfig()
     retrain: RetrainConfig = RetrainConfig()
+    memory: MemoryConfig = MemoryConfig()
 
 
 def _project_data(path: Path, default: Path) -> Path:

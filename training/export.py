@@ -1,8 +1,10 @@
 """Export to ONNX, optimise and quantise with onnxruntime, and check parity.
 
-The parity check runs the exported graph through the daemon's own classifier
-(``daemon.model.classifier.Classifier``: onnxruntime + tokenizers, no torch), so what is
-checked is exactly what is served.
+The graph has two outputs: ``logits`` (first, what every bundle always had) and
+``embedding``, the pooled L2-normalised sentence embedding the head reads, which the
+daemon's correction memory compares messages by. The parity check runs the exported
+graph through the daemon's own classifier (``daemon.model.classifier.Classifier``:
+onnxruntime + tokenizers, no torch), so what is checked is exactly what is served.
 """
 
 from __future__ import annotations
@@ -20,35 +22,61 @@ import torch
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from daemon.errors import ParityError
+from daemon.errors import ModelError, ParityError
+from daemon.model.bundle import EMBEDDING_OUTPUT
 from daemon.model.classifier import softmax
 from training.config import ExportConfig
-from training.model import IntentClassifier
+from training.model import IntentClassifier, ServedGraph
 
 FloatArray = npt.NDArray[np.float32]
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAME = "logits"
+#: The graph's outputs, in order: the logits stay first (the daemon reads output 0).
+OUTPUT_NAMES = [OUTPUT_NAME, EMBEDDING_OUTPUT]
 
 
-def export_onnx(model: IntentClassifier, path: Path, opset: int) -> None:
-    """fp32 ONNX with dynamic batch and sequence axes (the legacy TorchScript exporter)."""
+def export_onnx(
+    model: IntentClassifier, path: Path, opset: int, *, with_embedding: bool = True
+) -> None:
+    """fp32 ONNX with dynamic batch and sequence axes (the legacy TorchScript exporter):
+    ``logits`` and, unless ``with_embedding`` is False (the graphs bundles had before the
+    correction memory), ``embedding`` ``[batch, hidden]``."""
     model.eval()
     dummy_ids = torch.ones((2, 16), dtype=torch.long)
     dummy_mask = torch.ones((2, 16), dtype=torch.long)
     axes = {0: "batch", 1: "sequence"}
+    names = OUTPUT_NAMES if with_embedding else [OUTPUT_NAME]
+    module: torch.nn.Module = ServedGraph(model) if with_embedding else model
     with torch.no_grad():
         torch.onnx.export(
-            model,
+            module,
             (dummy_ids, dummy_mask),
             str(path),
             input_names=INPUT_NAMES,
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, OUTPUT_NAME: {0: "batch"}},
+            output_names=names,
+            dynamic_axes={
+                "input_ids": axes,
+                "attention_mask": axes,
+                **{name: {0: "batch"} for name in names},
+            },
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
     onnx.checker.check_model(str(path))
+
+
+def output_names(path: Path) -> list[str]:
+    """The graph's output names, in order."""
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
+def require_outputs(path: Path, expected: Sequence[str], what: str) -> None:
+    """ModelError unless ``path``'s outputs are exactly ``expected``, in order: a graph
+    rewrite that lost the embedding (or moved the logits) must not reach a bundle."""
+    found = output_names(path)
+    if found != list(expected):
+        raise ModelError(f"{what}: graph outputs are {found}, expected {list(expected)}")
 
 
 def optimise(source: Path, target: Path) -> None:
@@ -128,11 +156,12 @@ def head_nodes(path: Path) -> list[str]:
     """The MatMul/Gemm that produces the logits (found by walking back from the output).
 
     Node and weight names do not survive graph optimisation, so the head is found by
-    structure: the first MatMul/Gemm upstream of the ``logits`` output.
+    structure: the first MatMul/Gemm upstream of the ``logits`` output (the first output;
+    walking back from ``embedding`` would reach the encoder's last MatMul instead).
     """
     graph = onnx.load(str(path), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
-    frontier = [o.name for o in graph.output]
+    frontier = [graph.output[0].name]
     seen: set[str] = set()
     while frontier:
         name = frontier.pop()
@@ -368,12 +397,14 @@ def build_onnx(
     """Write ``bundle_dir/model.onnx`` (int8 unless disabled); keep the fp32 graph in work_dir.
 
     With ``evaluate`` (logits of held-out texts for a graph), sensitive MatMuls are chosen
-    to stay fp32 (see :func:`select_fp32_nodes`).
+    to stay fp32 (see :func:`select_fp32_nodes`). Both graphs are checked to keep the
+    ``logits`` and ``embedding`` outputs, in that order (ModelError otherwise).
     """
     raw = work_dir / "model.fp32.raw.onnx"
     fp32 = work_dir / "model.fp32.onnx"
     export_onnx(model, raw, config.opset)
     optimise(raw, fp32)
+    require_outputs(fp32, OUTPUT_NAMES, "optimised fp32 ONNX")
     target = bundle_dir / "model.onnx"
     if not config.quantize:
         target.write_bytes(fp32.read_bytes())
@@ -386,6 +417,7 @@ def build_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "model.onnx"
         quantise(fp32, staged, config, keep)
+        require_outputs(staged, OUTPUT_NAMES, "int8 ONNX")
         staged.replace(target)
     return ExportArtifacts(fp32, target, True, selection)
 
@@ -396,6 +428,9 @@ class ParityReport:
     agreement: float
     reference_accuracy: float
     candidate_accuracy: float
+    #: Mean cosine between the candidate's sentence embeddings and the reference's (the
+    #: correction memory's input); None where not measured.
+    embedding_cosine: float | None = None
 
     @property
     def accuracy_drop(self) -> float:
@@ -407,7 +442,14 @@ class ParityReport:
         return out
 
 
-def parity(reference: FloatArray, candidate: FloatArray, labels: list[int]) -> ParityReport:
+def parity(
+    reference: FloatArray,
+    candidate: FloatArray,
+    labels: list[int],
+    embeddings: tuple[FloatArray, FloatArray] | None = None,
+) -> ParityReport:
+    """Top-1 agreement and accuracies of ``candidate``'s logits against ``reference``'s;
+    with ``embeddings`` (reference's, candidate's), their mean cosine too."""
     ref_top = reference.argmax(axis=1)
     cand_top = candidate.argmax(axis=1)
     truth = np.asarray(labels)
@@ -416,7 +458,33 @@ def parity(reference: FloatArray, candidate: FloatArray, labels: list[int]) -> P
         agreement=float((ref_top == cand_top).mean()),
         reference_accuracy=float((ref_top == truth).mean()),
         candidate_accuracy=float((cand_top == truth).mean()),
+        embedding_cosine=None if embeddings is None else mean_cosine(*embeddings),
     )
+
+
+def mean_cosine(reference: FloatArray, candidate: FloatArray) -> float:
+    """Mean row-wise cosine similarity (rows are normalised here, not trusted to be)."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"embeddings of shapes {reference.shape} and {candidate.shape}")
+    if not len(reference):
+        return 1.0
+    ref = reference / np.maximum(np.linalg.norm(reference, axis=1, keepdims=True), 1e-12)
+    cand = candidate / np.maximum(np.linalg.norm(candidate, axis=1, keepdims=True), 1e-12)
+    return float((ref * cand).sum(axis=1).mean())
+
+
+def check_embedding_parity(report: ParityReport, min_cosine: float, what: str) -> None:
+    """Raise ParityError when ``what``'s sentence embeddings drift from the reference's:
+    the correction memory's threshold is chosen on these embeddings, and a similarity
+    means nothing if quantisation moved them (int8 can keep the argmax and still do so)."""
+    cosine = report.embedding_cosine
+    if cosine is None:
+        raise ParityError(f"{what}: no embeddings to check")
+    if cosine < min_cosine:
+        raise ParityError(
+            f"{what} embedding parity check failed on {report.examples} examples: mean "
+            f"cosine {cosine:.4f} is below {min_cosine:.4f} (short by {min_cosine - cosine:.4f})"
+        )
 
 
 def check_parity(report: ParityReport, min_agreement: float, max_drop: float, what: str) -> None:

@@ -41,6 +41,24 @@ class IntentClassifier(nn.Module):
         return logits
 
 
+class ServedGraph(nn.Module):
+    """What the bundle's ONNX graph computes: the logits and, as a second output, the
+    pooled L2-normalised sentence embedding the head reads (the correction memory compares
+    messages by it, so the daemon needs no second model). Exported only; the trained
+    module and its checkpoints stay :class:`IntentClassifier`."""
+
+    def __init__(self, model: IntentClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.model.embed(input_ids, attention_mask)
+        logits: torch.Tensor = self.model.head(embedding)
+        return logits, embedding
+
+
 @dataclass(frozen=True)
 class LoadedBase:
     encoder: PreTrainedModel

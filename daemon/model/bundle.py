@@ -23,6 +23,10 @@ READABLE_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 TOKENIZER_NAME = "tokenizer.json"
+#: The graph output holding the pooled, L2-normalised sentence embedding (the head's
+#: input), which the correction memory compares messages by. Bundles without it classify
+#: as before; the memory is then off.
+EMBEDDING_OUTPUT = "embedding"
 REQUIRED_FILES = (MODEL_NAME, TOKENIZER_NAME)
 
 
@@ -56,6 +60,31 @@ class OutOfScope(BaseModel):
     chosen_on: dict[str, float] = Field(default_factory=dict)
 
 
+class MemoryCalibration(BaseModel):
+    """When the correction memory may decide instead of the model (bundles whose graph has
+    the ``embedding`` output; :mod:`daemon.model.memory` applies it).
+
+    A correction records what the model said and what the user chose; a new message is
+    decided by the memory when the model says the same about it, its embedding is at least
+    ``similarity`` (cosine) from a correction's, or ``repeated_similarity`` from one the
+    user made ``support`` times of sure decisions, and every correction that close agrees.
+    Both are chosen on the validation split (``chosen_on``): the lowest thresholds at which
+    the corrections of the validation errors, each applied to the other validation
+    messages, change no more than ``max_flip_rate`` of the right decisions.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = EMBEDDING_OUTPUT
+    dimensions: int = Field(gt=0)
+    similarity: float = Field(gt=0, le=1)
+    #: None (bundles of the first memory exports): the same as ``similarity``.
+    repeated_similarity: float | None = Field(default=None, gt=0, le=1)
+    support: int = Field(default=2, ge=1)
+    max_flip_rate: float = Field(ge=0, le=1)
+    chosen_on: dict[str, float] = Field(default_factory=dict)
+
+
 class DatasetInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,6 +115,7 @@ class Manifest(BaseModel):
     files: dict[str, str]  # relative path -> sha256, every file of the bundle but the manifest
     parent_version: str | None = None
     out_of_scope: OutOfScope | None = None
+    memory: MemoryCalibration | None = None
 
     @property
     def num_outputs(self) -> int:

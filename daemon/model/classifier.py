@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +18,14 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from daemon.errors import BundleError, ModelError
-from daemon.model.bundle import MODEL_NAME, TOKENIZER_NAME, Manifest, load_manifest
+from daemon.model.bundle import (
+    EMBEDDING_OUTPUT,
+    MODEL_NAME,
+    TOKENIZER_NAME,
+    Manifest,
+    load_manifest,
+)
+from daemon.model.memory import Recall
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -42,6 +49,20 @@ class Prediction:
     top_k: list[tuple[str, float]] = field(default_factory=list)
     abstain_reason: AbstainReason | None = None
     out_of_scope: float | None = None
+    #: Set when a remembered correction decided instead of the model (``intent`` is then
+    #: the user's, ``confidence`` the similarity, ``top_k`` still the model's view).
+    memory: Recall | None = None
+
+    def following(self, recall: Recall) -> Prediction:
+        """This message decided by a remembered correction."""
+        return replace(
+            self,
+            intent=recall.intent,
+            confidence=recall.similarity,
+            abstain=False,
+            abstain_reason=None,
+            memory=recall,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -53,6 +74,8 @@ class Prediction:
         }
         if self.out_of_scope is not None:
             out["out_of_scope"] = round(self.out_of_scope, 6)
+        if self.memory is not None:
+            out["memory"] = self.memory.to_json()
         return out
 
     def describe_abstention(self) -> str:
@@ -72,10 +95,21 @@ def softmax(logits: FloatArray, temperature: float = 1.0) -> FloatArray:
 
 @dataclass(frozen=True)
 class Classified:
-    """One batch's predictions, in input order, and the seconds inference took."""
+    """One batch's predictions, in input order, and the seconds inference took; with the
+    sentence embeddings (one row per text) when the bundle's graph has them."""
 
     predictions: list[Prediction]
     seconds: float
+    embeddings: FloatArray | None = None
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The graph's outputs for a list of texts, in input order: raw logits, and the
+    L2-normalised sentence embeddings when the bundle has them."""
+
+    logits: FloatArray
+    embeddings: FloatArray | None
 
 
 class Classifier:
@@ -154,6 +188,21 @@ class Classifier:
         self.input_names = [name for name in self.manifest.inputs if name in graph_inputs]
         outputs = self.session.get_outputs()
         self.output_name = outputs[0].name
+        named = {o.name: o for o in outputs}
+        #: Whether the graph returns sentence embeddings (the correction memory needs them).
+        self.embedding_output: str | None = None
+        self.dimensions = 0
+        if EMBEDDING_OUTPUT in named:
+            width = named[EMBEDDING_OUTPUT].shape[-1]
+            if not isinstance(width, int):
+                raise BundleError(
+                    f"model bundle {self.bundle_dir}: {MODEL_NAME} output "
+                    f"{EMBEDDING_OUTPUT!r} has no fixed width"
+                )
+            self.embedding_output, self.dimensions = EMBEDDING_OUTPUT, width
+        self._fetch = [self.output_name] + (
+            [self.embedding_output] if self.embedding_output else []
+        )
 
     @property
     def version(self) -> str:
@@ -162,7 +211,7 @@ class Classifier:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         return [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
 
-    def _run(self, ids: list[list[int]]) -> FloatArray:
+    def _run(self, ids: list[list[int]]) -> tuple[FloatArray, FloatArray | None]:
         width = max(len(row) for row in ids)
         input_ids = np.full((len(ids), width), self.manifest.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(ids), width), dtype=np.int64)
@@ -173,7 +222,7 @@ class Classifier:
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
         try:
-            result = self.session.run([self.output_name], feed)
+            result = self.session.run(self._fetch, feed)
         except Exception as exc:
             raise ModelError(f"model {self.version} failed at inference: {exc}") from exc
         logits = np.asarray(result[0], dtype=np.float32)
@@ -182,20 +231,51 @@ class Classifier:
                 f"model {self.version} returned logits of shape {logits.shape}, "
                 f"expected ({len(ids)}, {self.num_outputs})"
             )
-        return logits
+        if self.embedding_output is None:
+            return logits, None
+        embeddings = np.asarray(result[1], dtype=np.float32)
+        if embeddings.shape != (len(ids), self.dimensions):
+            raise ModelError(
+                f"model {self.version} returned embeddings of shape {embeddings.shape}, "
+                f"expected ({len(ids)}, {self.dimensions})"
+            )
+        return logits, embeddings
 
-    def logits(self, texts: Sequence[str]) -> FloatArray:
-        """Raw (uncalibrated) logits, shape ``[len(texts), num_outputs]``, in input order
-        (the last column is "none of these" when the bundle has an out-of-scope class)."""
+    def outputs(self, texts: Sequence[str]) -> Outputs:
+        """Raw (uncalibrated) logits, shape ``[len(texts), num_outputs]`` (the last column
+        is "none of these" when the bundle has an out-of-scope class), and embeddings
+        ``[len(texts), dimensions]`` when the graph has them; in input order."""
+        out = np.zeros((len(texts), self.num_outputs), dtype=np.float32)
+        emb = (
+            np.zeros((len(texts), self.dimensions), dtype=np.float32)
+            if self.embedding_output
+            else None
+        )
         if not texts:
-            return np.zeros((0, self.num_outputs), dtype=np.float32)
+            return Outputs(out, emb)
         ids = self.encode(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), self.num_outputs), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            out[chunk] = self._run([ids[i] for i in chunk])
-        return out
+            logits, embeddings = self._run([ids[i] for i in chunk])
+            out[chunk] = logits
+            if emb is not None and embeddings is not None:
+                emb[chunk] = embeddings
+        return Outputs(out, emb)
+
+    def logits(self, texts: Sequence[str]) -> FloatArray:
+        """Raw (uncalibrated) logits in input order (see :meth:`outputs`)."""
+        return self.outputs(texts).logits
+
+    def embeddings(self, texts: Sequence[str]) -> FloatArray:
+        """Sentence embeddings in input order; ModelError for a bundle without them."""
+        found = self.outputs(texts).embeddings
+        if found is None:
+            raise ModelError(
+                f"model {self.version} has no {EMBEDDING_OUTPUT!r} output (exported before "
+                "the correction memory existed): retrain or re-export it to use the memory"
+            )
+        return found
 
     def probabilities(self, texts: Sequence[str]) -> FloatArray:
         return softmax(self.logits(texts), self.temperature)
@@ -204,11 +284,14 @@ class Classifier:
         return [self.decide(row) for row in self.probabilities(texts)]
 
     def classify(self, texts: Sequence[str]) -> Classified:
-        """:meth:`predict` with the time it took (tokenising included). The timing travels
-        with the result: the classifier is shared by every account and the HTTP thread."""
+        """:meth:`predict` with the time it took (tokenising included) and the embeddings.
+        The timing travels with the result: the classifier is shared by every account and
+        the HTTP thread."""
         started = time.perf_counter()
-        predictions = self.predict(texts)
-        return Classified(predictions, time.perf_counter() - started)
+        outputs = self.outputs(texts)
+        probabilities = softmax(outputs.logits, self.temperature)
+        predictions = [self.decide(row) for row in probabilities]
+        return Classified(predictions, time.perf_counter() - started, outputs.embeddings)
 
     def decide(self, row: FloatArray) -> Prediction:
         """The served decision for one row of calibrated probabilities (every output)."""

@@ -86,6 +86,7 @@ def publish(
             "version": version,
             "calibration": thresholds.calibration,
             "out_of_scope": thresholds.out_of_scope,
+            "memory": thresholds.memory,
             "metrics": {**metrics.manifest_metrics(), **(lineage.extra_metrics or {})},
             "parent_version": lineage.parent_version,
         }
