@@ -124,6 +124,18 @@ class Metrics:
             ["account"],
             registry=r,
         )
+        self.memory_decisions = Counter(
+            "cleaninbox_memory_decisions_total",
+            "Messages decided by the correction memory instead of the model.",
+            ["account"],
+            registry=r,
+        )
+        self.memory_entries = Gauge(
+            "cleaninbox_memory_entries",
+            "Corrections the memory holds for the model in service (the shared pool as '*').",
+            ["account"],
+            registry=r,
+        )
         self.retrains = Counter(
             "cleaninbox_retrain_runs_total",
             "Scheduled retraining runs started by the daemon, by outcome (promoted, kept, failed).",

@@ -77,6 +77,7 @@ def test_dashboard_queries_only_metrics_the_daemon_exports() -> None:
         "cleaninbox_last_successful_cycle_timestamp_seconds",  # last good cycle
         "cleaninbox_model_info",  # model version
         "cleaninbox_corrections_total",  # corrections per day
+        "cleaninbox_memory_decisions_total",  # ... and what the correction memory decided
     ):
         assert wanted in text, wanted
     ids = [p["id"] for p in dashboard["panels"]]

@@ -21,13 +21,27 @@ def _settings(workdir: Path, state: str) -> None:
 
 
 def _fill(store: StateStore) -> None:
-    """Every table: folders, watched, decisions (an undo among them), a correction."""
+    """Every table: folders, watched, decisions (an undo among them), a correction and its
+    correction memory entry."""
     ids = store.record([decision(1, status="done"), decision(2), decision(3, status="done")])
     store.record([decision(1, status="done", kind="undo", undo_of=ids[0], confidence=1 / 3)])
     store.set_folder("a", "INBOX", 7, 3)
     store.set_watched("a", "Triage/Cards", 9, 12, 2**40)
     (done,) = [d for d in store.history() if d.id == ids[2]]
-    store.add_correction(done, "card_arrival", "Triage/Cards", "where is my card?")
+    correction_id, _ = store.add_correction(
+        done, "card_arrival", "Triage/Cards", "where is my card?"
+    )
+    store.remember(
+        account="a",
+        text="where is my card?",
+        said="card_delivery_estimate",
+        confident=True,
+        chosen="card_arrival",
+        model_version="m1",
+        embedding=bytes(range(16)),
+        max_entries=10,
+        correction_id=correction_id,
+    )
 
 
 def test_migrate_copies_everything_verified(tmp_path: Path, pg_url: str) -> None:
@@ -35,6 +49,7 @@ def test_migrate_copies_everything_verified(tmp_path: Path, pg_url: str) -> None
         _fill(sqlite)
         before = sqlite.history()
         corrections = sqlite.corrections()
+        remembered = sqlite.memory_entries()
     _settings(tmp_path, "var/state.db")
     out = cli(tmp_path, "state", "migrate", "--to", pg_url).stdout
     assert "decisions" in out and "4 rows" in out and "sha256" in out
@@ -43,6 +58,7 @@ def test_migrate_copies_everything_verified(tmp_path: Path, pg_url: str) -> None
     with StateStore(pg_url) as pg:
         assert pg.history() == before  # ids, times, JSON, floats: all as they were
         assert pg.corrections() == corrections
+        assert pg.memory_entries() == remembered  # the embedding's bytes too
         assert pg.folder("a", "INBOX") is not None and pg.watched("a", "Triage/Cards") == (
             9,
             12,

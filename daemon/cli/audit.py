@@ -1,5 +1,6 @@
 """Commands for whoever looks back at what the daemon did: ``history`` (the audit log),
-``undo``, ``feedback export`` (the user's corrections as a dataset) and ``backup``.
+``undo``, ``feedback`` (the user's corrections as a dataset; the correction memory:
+list, forget, import) and ``backup``.
 
 They read the state database without taking the daemon's lock (``undo`` excepted: it
 writes), so they work while the daemon runs.
@@ -79,9 +80,14 @@ def history(
             click.echo(json.dumps(d.to_json()))
             continue
         conf = f"{d.confidence:.2f}" if d.confidence is not None else "-"
+        memory = (
+            f" (memory entry {d.memory_id}, similarity {d.memory_similarity:.2f})"
+            if d.memory_id is not None and d.memory_similarity is not None
+            else ""
+        )
         click.echo(
             f"{d.id:>6} {d.created_at} {d.account}/{d.folder} uid {d.uid} "
-            f"{d.intent or '-'} {conf} {d.action or '-'} [{d.status}]"
+            f"{d.intent or '-'} {conf}{memory} {d.action or '-'} [{d.status}]"
             f"{' ' + d.reason if d.reason else ''}"
         )
 
@@ -113,6 +119,114 @@ def feedback_export(
         rows = store.corrections(account)
     written = write_corrections_csv(output, rows)
     click.echo(f"{written} correction(s) written to {output}")
+
+
+@feedback.command("list")
+@click.option("--account", default=None, help="Only this account's entries ('*': the shared pool).")
+@json_option()
+@config_options
+def feedback_list(
+    account: str | None, as_json: bool, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Show the correction memory: what each correction taught, how often it decided."""
+    from daemon.store.state import StateStore
+
+    settings = load_settings(config_path, overrides)
+    with StateStore(
+        settings.state, password=settings.state_password(), read_only=True, lock=False
+    ) as store:
+        entries = store.memory_entries(None if account is None else [account])
+    for e in entries:
+        if as_json:
+            click.echo(json.dumps(e.to_json()))
+            continue
+        excerpt = " ".join(e.text.split())[:60]
+        click.echo(
+            f"{e.id:>6} {e.account} {e.said} -> {e.chosen} used {e.uses}x "
+            f"(last {e.used_at or 'never'}) model {e.model_version}: {excerpt}"
+        )
+    if not entries and not as_json:
+        click.echo("the correction memory is empty")
+
+
+@feedback.command("forget")
+@click.argument("entry_id", type=int, required=False)
+@click.option("--all", "everything", is_flag=True, help="Clear the whole memory.")
+@click.option("--account", default=None, help="With --all: only this account's entries.")
+@config_options
+def feedback_forget(
+    entry_id: int | None,
+    everything: bool,
+    account: str | None,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Forget a memory entry, or all of them (and the corrections they came from:
+    retraining will not learn them either). A running daemon stops following them at
+    its next batch."""
+    from daemon.store.state import StateStore
+
+    if (entry_id is None) == (not everything):
+        raise ConfigError("give an entry id (see `cleaninbox feedback list`) or --all")
+    if account is not None and not everything:
+        raise ConfigError("--account goes with --all")
+    settings = load_settings(config_path, overrides)
+    with StateStore(settings.state, password=settings.state_password(), lock=False) as store:
+        if entry_id is None:
+            count = store.forget_all(account)
+            click.echo(f"forgot {count} entr{'y' if count == 1 else 'ies'}")
+            return
+        entry = store.forget(entry_id)
+    if entry is None:
+        raise ConfigError(f"no memory entry {entry_id} (see `cleaninbox feedback list`)")
+    click.echo(f"forgot entry {entry_id}: {entry.said} -> {entry.chosen} ({entry.account})")
+
+
+@feedback.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path))
+@click.option(
+    "--account",
+    default=None,
+    help="The account these corrections belong to (default: the pool every account uses).",
+)
+@config_options
+def feedback_import(
+    csv_file: Path, account: str | None, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Add corrections from a CSV (the `feedback export` format: text, category) to the
+    correction memory of the settings' state, embedded by the settings' model."""
+    from daemon.core.memory import CorrectionMemory
+    from daemon.core.runtime import classifier_for
+    from daemon.store.corrections_csv import read_corrections_csv
+    from daemon.store.records import SHARED_MEMORY
+    from daemon.store.state import StateStore
+
+    settings = load_settings(config_path, overrides)
+    if account is not None and account not in {a.name for a in settings.accounts}:
+        raise ConfigError(f"--account {account!r}: no such account in the settings")
+    examples = read_corrections_csv(csv_file)
+    classifier = classifier_for(settings)
+    unknown = sorted({e.label for e in examples} - set(classifier.labels))
+    if unknown:
+        raise ConfigError(
+            f"{csv_file}: intent(s) the model {classifier.version} does not know: "
+            f"{', '.join(unknown[:5])}"
+        )
+    with StateStore(settings.state, password=settings.state_password(), lock=False) as store:
+        memory = CorrectionMemory(store, settings.memory)
+        if memory.thresholds(classifier) is None:
+            raise ConfigError(
+                f"the correction memory is off for model {classifier.version} "
+                "(memory.enabled false, or a bundle without embeddings)"
+            )
+        learned = sum(
+            memory.learn(account or SHARED_MEMORY, e.text, e.label, classifier) is not None
+            for e in examples
+        )
+    click.echo(
+        f"{learned} correction(s) remembered, {len(examples) - learned} the model already "
+        f"gets right, from {csv_file}"
+    )
 
 
 @click.command()

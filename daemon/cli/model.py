@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
 from daemon.cli.common import (
     DEFAULT_MODELS_DIR,
@@ -300,8 +301,29 @@ def evaluate(
     help='.txt (one text a line), .jsonl ({"text": ...}) or .eml file.',
 )
 @click.option("--top-k", type=click.IntRange(1, 77), default=5, show_default=True)
-def classify(texts: tuple[str, ...], model_dir: Path, input_file: Path | None, top_k: int) -> None:
-    """Classify texts; print one JSON object a line."""
+@path_option(
+    "--config",
+    "config_path",
+    default=None,
+    help="Daemon settings: classify with their model and correction memory, as the daemon.",
+)
+@click.option(
+    "--account",
+    default=None,
+    help="With --config: whose corrections apply (default: the shared pool only).",
+)
+@click.pass_context
+def classify(
+    ctx: click.Context,
+    texts: tuple[str, ...],
+    model_dir: Path,
+    input_file: Path | None,
+    top_k: int,
+    config_path: Path | None,
+    account: str | None,
+) -> None:
+    """Classify texts; print one JSON object a line. With --config, the settings' model
+    decides together with the state's correction memory, exactly as the daemon would."""
     from daemon.cli.inputs import read_inputs
     from daemon.model.classifier import Classifier
 
@@ -310,8 +332,35 @@ def classify(texts: tuple[str, ...], model_dir: Path, input_file: Path | None, t
         items += read_inputs(input_file)
     if not items:
         raise ConfigError("nothing to classify: give TEXT arguments or --input FILE")
-    classifier = Classifier(model_dir, top_k=top_k)
-    for prediction in classifier.predict(items):
+    if config_path is None:
+        if account is not None:
+            raise ConfigError("--account needs --config (the settings naming the state)")
+        classifier = Classifier(model_dir, top_k=top_k)
+        for prediction in classifier.predict(items):
+            click.echo(json.dumps(prediction.to_json()))
+        return
+    if ctx.get_parameter_source("model_dir") is not ParameterSource.DEFAULT:
+        raise ConfigError("give --model or --config, not both (--config classifies with its model)")
+    _classify_as_the_daemon(config_path, items, top_k, account)
+
+
+def _classify_as_the_daemon(
+    config_path: Path, items: list[str], top_k: int, account: str | None
+) -> None:
+    from daemon.config.settings import load_settings
+    from daemon.core.memory import CorrectionMemory
+    from daemon.core.runtime import classifier_for
+    from daemon.store.records import SHARED_MEMORY
+    from daemon.store.state import StateStore
+
+    settings = load_settings(config_path)
+    if account is not None and account not in {a.name for a in settings.accounts}:
+        raise ConfigError(f"--account {account!r}: no such account in {config_path}")
+    classifier = classifier_for(settings, top_k=top_k)
+    with StateStore(settings.state, password=settings.state_password(), lock=False) as store:
+        memory = CorrectionMemory(store, settings.memory, record_use=False)
+        decided = memory.apply(account or SHARED_MEMORY, classifier, classifier.classify(items))
+    for prediction in decided:
         click.echo(json.dumps(prediction.to_json()))
 
 

@@ -367,6 +367,47 @@ class ClassifierSettings(_Strict):
     )
 
 
+class MemorySettings(_Strict):
+    """The correction memory: corrections that decide similar mail at once
+    (docs/learning.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Decide by remembered corrections (needs a bundle with embeddings).",
+    )
+    scope: Literal["account", "shared"] = Field(
+        default="account",
+        description="'account': an account's corrections apply to its own mail; 'shared': "
+        "every account's corrections apply to every account.",
+    )
+    max_entries: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Entries kept per account; past it the least recently used go.",
+    )
+    similarity: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Cosine similarity a message needs to a single correction (default: "
+        "the bundle's, chosen on validation data at export).",
+    )
+    repeated_similarity: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Cosine similarity a message needs to a correction the user made "
+        "'support' times of sure decisions (default: the bundle's).",
+    )
+    support: int | None = Field(
+        default=None,
+        ge=1,
+        description="Same corrections of sure decisions that make a preference (default: "
+        "the bundle's).",
+    )
+
+
 class RetrainSchedule(_Strict):
     """Run ``cleaninbox retrain`` from the daemon on a cron schedule, in a separate low-priority
     process (triage never waits for it). Needs the [train] extra installed."""
@@ -429,7 +470,12 @@ class Settings(YamlSettings):
     )
     dry_run: bool = Field(default=False, description="Decide and log, change nothing.")
     poll_interval: float = Field(default=60.0, gt=0, description="Default seconds per cycle.")
-    jitter: float = Field(default=5.0, ge=0, description="Random delay added to each cycle.")
+    jitter: float = Field(
+        default=5.0,
+        ge=0,
+        description="Random delay (up to this many seconds, at most half the interval) "
+        "added to each cycle's start; it never accumulates: the period stays the interval.",
+    )
     backoff_max: float = Field(
         default=300.0, gt=0, description="Longest wait before retrying a failing account."
     )
@@ -437,6 +483,7 @@ class Settings(YamlSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http: HttpSettings = HttpSettings()
     classifier: ClassifierSettings = ClassifierSettings()
+    memory: MemorySettings = MemorySettings()
     accounts: list[Account] = Field(default_factory=list)
     retrain: RetrainSchedule | None = Field(
         default=None, description="Optional: retrain on a schedule from inside the daemon."

@@ -158,10 +158,12 @@ class Accounting:
             status="dry-run" if dry_run else outcome.status,
             reason=outcome.reason,
             model=model if p else None,
+            memory=p.memory.to_json() if p and p.memory else None,
         )
 
     def _count_prediction(self, account: str, p: Prediction, action: str) -> None:
         self.metrics.messages.labels(account, p.intent, action).inc()
-        self.metrics.confidence.observe(p.confidence)
+        if p.memory is None:  # a memory decision's "confidence" is its similarity
+            self.metrics.confidence.observe(p.confidence)
         if p.abstain:
             self.metrics.abstentions.labels(account, p.abstain_reason or "low_confidence").inc()

@@ -30,6 +30,7 @@ from daemon.config.settings import Account
 from daemon.core import feedback
 from daemon.core.accounting import Accounting, CycleReport, Outcome, Progress
 from daemon.core.actions import Plan, Target, apply_plans
+from daemon.core.memory import CorrectionMemory
 from daemon.core.recovery import Arrivals, Recovery
 from daemon.core.rules import Headers, Rules
 from daemon.core.runtime import Runtime
@@ -39,7 +40,7 @@ from daemon.metrics import Metrics
 from daemon.model.classifier import Classified, Classifier, Prediction
 from daemon.model.text import EmailText, email_to_text
 from daemon.store.base import Store
-from daemon.store.records import FolderState, NewDecision, Status
+from daemon.store.records import Decision, FolderState, NewDecision, Status
 
 log = structlog.get_logger(__name__)
 NO_SAFE_MOVE = (
@@ -133,6 +134,7 @@ class Triage:
         self.inference = BoundedInference(runtime.settings.classifier.timeout_seconds)
         self.accounting = Accounting(metrics)
         self.recovery = Recovery(store, self.accounting, self._state)
+        self.memory = CorrectionMemory(store, runtime.settings.memory, metrics)
 
     @property
     def stage_seconds(self) -> dict[str, float]:
@@ -191,8 +193,16 @@ class Triage:
     def _corrections(self, account: Account, mailbox: Mailbox) -> int:
         """Look for the user's corrections; a failure there never fails triage."""
         try:
+            loaded = self.runtime.current
+
+            def learn(decision: Decision, intent: str, correction_id: int) -> None:
+                if decision.text:
+                    self.memory.learn(
+                        account.name, decision.text, intent, loaded.classifier, correction_id
+                    )
+
             return feedback.scan(
-                account, mailbox, self.runtime.current.rules, self._state, self.accounting.metrics
+                account, mailbox, loaded.rules, self._state, self.accounting.metrics, learn
             )
         except ConnectionLostError:
             raise
@@ -355,7 +365,8 @@ class Triage:
                 item.reason = f"not classified: {exc}"
             return
         self.accounting.classified(classified)
-        for item, p in zip(todo, classified.predictions, strict=True):
+        predictions = self.memory.apply(account.name, classifier, classified)
+        for item, p in zip(todo, predictions, strict=True):
             item.prediction = p
             headers = Headers(item.text.sender, item.text.recipients, item.text.subject)
             item.plan = rules.decide(p.intent, p.confidence, p.abstain, headers, p.abstain_reason)
@@ -453,4 +464,6 @@ class Triage:
             status=item.status,
             reason=item.reason,
             text=item.text.text if account.feedback and p else None,
+            memory_id=p.memory.entry_id if p and p.memory else None,
+            memory_similarity=round(p.memory.similarity, 4) if p and p.memory else None,
         )

@@ -9,7 +9,10 @@ triage folder is looked at cheaply: STATUS, and only when its UIDNEXT moved, the
 (Message-ID, or X-GM-MSGID on Gmail) of the new arrivals. An arrival whose last decision
 sent it elsewhere is a correction. The folder is mapped back to an intent through the
 rules: if the rules file several intents there, the one the model itself ranked highest
-among them is taken. Corrections keep the model input text stored with the decision.
+among them is taken. Corrections keep the model input text stored with the decision, and
+``learn`` hands each to the correction memory (:mod:`daemon.core.memory`). A corrected
+message the user puts back where CleanInbox filed it withdraws the correction (and its
+memory entry).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from daemon.store.base import Store
 from daemon.store.records import Decision
 
 log = structlog.get_logger(__name__)
+
+#: Called with each recorded correction: the decision, the intent chosen, the correction id.
+Learn = Callable[[Decision, str, int], object]
 
 
 def corrected_intent(candidates: list[str], decision: Decision) -> str | None:
@@ -48,6 +54,7 @@ def scan(
     rules: Rules,
     state: Callable[[], AbstractContextManager[Store]],
     metrics: Metrics,
+    learn: Learn | None = None,
 ) -> int:
     """Record the corrections made in the triage folders since the last look."""
     found = 0
@@ -55,9 +62,12 @@ def scan(
 
     def record(store: Store, decision: Decision, intent: str, folder: str, how: str) -> None:
         nonlocal found
-        if store.add_correction(decision, intent, folder, decision.text or ""):
+        correction_id, new = store.add_correction(decision, intent, folder, decision.text or "")
+        if new:
             found += 1
             metrics.corrections.labels(account.name).inc()
+        if learn is not None:
+            learn(decision, intent, correction_id)
         log.info(
             "correction",
             message_id=decision.message_id,
@@ -85,7 +95,11 @@ def scan(
                 mid for mid in mailbox.message_ids_from(folder, floor).values() if mid is not None
             ]
             with state() as store:
-                for decision in store.filed(account.name, sorted(arrivals)).values():
+                filed = store.filed(account.name, sorted(arrivals))
+                back = [d.id for d in filed.values() if d.destination == folder]
+                if back and (withdrawn := store.withdraw_corrections(back)):
+                    log.info("corrections_withdrawn", folder=folder, count=withdrawn)
+                for decision in filed.values():
                     if decision.destination == folder or not decision.text:
                         continue  # our own move, or filed before feedback was on (no text)
                     intent = corrected_intent(candidates, decision)

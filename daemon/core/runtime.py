@@ -29,18 +29,23 @@ class Loaded:
     bundle_path: Path  # the resolved bundle directory
 
 
-def load(settings: Settings) -> Loaded:
-    bundle = settings.model.resolve()
-    classifier = Classifier(
-        bundle,
+def classifier_for(settings: Settings, *, top_k: int = 5) -> Classifier:
+    """The settings' model, served as the daemon serves it."""
+    return Classifier(
+        settings.model.resolve(),
         threads=settings.classifier.threads,
         batch_size=settings.classifier.batch_size,
+        top_k=top_k,
         abstain_threshold=settings.classifier.abstain_threshold,
         out_of_scope_threshold=settings.classifier.out_of_scope_threshold,
         spin_wait=settings.classifier.spin_wait,
     )
+
+
+def load(settings: Settings) -> Loaded:
+    classifier = classifier_for(settings)
     rules = load_rules(settings.rules, classifier.labels)
-    return Loaded(classifier, rules, bundle)
+    return Loaded(classifier, rules, classifier.bundle_dir)
 
 
 class Runtime:

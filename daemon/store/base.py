@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from daemon.store.records import Correction, Decision, FolderState, NewDecision, Status
+from daemon.store.records import (
+    Correction,
+    Decision,
+    FolderState,
+    MemoryEntry,
+    NewDecision,
+    Status,
+)
 
 
 class Store(Protocol):
@@ -67,9 +74,47 @@ class Store(Protocol):
     # -- corrections -----------------------------------------------------------------------
     def add_correction(
         self, decision: Decision, corrected: str, folder: str, text: str
-    ) -> bool: ...
+    ) -> tuple[int, bool]: ...
 
     def corrections(self, account: str | None = None) -> list[Correction]: ...
+
+    # -- the correction memory ------------------------------------------------------------
+    def remember(
+        self,
+        *,
+        account: str,
+        text: str,
+        said: str,
+        confident: bool,
+        chosen: str,
+        model_version: str,
+        embedding: bytes,
+        max_entries: int,
+        correction_id: int | None = None,
+    ) -> int: ...
+
+    def memory_entries(
+        self, accounts: Sequence[str] | None = None, model_version: str | None = None
+    ) -> list[MemoryEntry]: ...
+
+    def memory_signature(self, accounts: Sequence[str] | None, model_version: str) -> str: ...
+
+    def memory_counts(self, model_version: str | None = None) -> dict[str, int]: ...
+
+    def used_memory(self, entry_ids: Sequence[int]) -> None: ...
+
+    def forget(self, entry_id: int) -> MemoryEntry | None: ...
+
+    def forget_all(self, account: str | None = None) -> int: ...
+
+    def withdraw_corrections(self, decision_ids: Sequence[int]) -> int: ...
+
+    def reembed_memory(
+        self,
+        updates: Sequence[tuple[int, str, bool, bytes]],
+        dropped: Sequence[int],
+        model_version: str,
+    ) -> None: ...
 
     # -- operations ------------------------------------------------------------------------
     def backup(self, target: Path) -> int: ...

@@ -10,6 +10,7 @@ the same migrations (:mod:`daemon.store.migrations`) and the same queries
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -160,6 +161,9 @@ class SqliteDatabase(Database):
         if lock and not read_only:
             self._acquire_lock()
         try:
+            if not read_only:  # a writer without the lock (feedback import) may come first
+                with contextlib.suppress(OSError):  # _connect says what is wrong
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._connect()
             self.engine = sa.create_engine(
                 "sqlite+pysqlite://", creator=lambda: self.db, poolclass=StaticPool

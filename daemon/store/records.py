@@ -57,6 +57,10 @@ class NewDecision:
     #: The model input text, kept where the account learns from corrections.
     text: str | None = None
     undo_of: int | None = None
+    #: When the correction memory decided instead of the model: the entry it followed
+    #: and the cosine similarity to it.
+    memory_id: int | None = None
+    memory_similarity: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,3 +151,32 @@ class Correction:
     corrected: str
     folder: str
     created_at: str
+
+
+#: The memory entries of this "account" apply to every account (imported corrections).
+SHARED_MEMORY = "*"
+
+
+@dataclass(frozen=True)
+class MemoryEntry:
+    """A correction as the correction memory keeps it: the text, its embedding under
+    ``model_version`` (float32 bytes), what that model said and what the user chose."""
+
+    id: int
+    account: str
+    correction_id: int | None
+    text: str
+    said: str
+    confident: bool  # the model acted on its decision (did not leave it for review)
+    chosen: str
+    model_version: str
+    embedding: bytes
+    created_at: str
+    used_at: str | None
+    uses: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``feedback list --json``: everything but the embedding."""
+        data = asdict(self)
+        data.pop("embedding")
+        return data

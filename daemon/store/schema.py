@@ -58,6 +58,9 @@ decisions = sa.Table(
     sa.Column("done_at", sa.Text),
     #: The lease epoch the intent was journaled under (PostgreSQL replicas; else null).
     sa.Column("lease_epoch", sa.BigInteger),
+    #: When the correction memory decided: the entry followed and its cosine similarity.
+    sa.Column("memory_id", Id),
+    sa.Column("memory_similarity", sa.Float),
     sa.Index(
         "decisions_message",
         "account",
@@ -101,6 +104,30 @@ corrections = sa.Table(
     sqlite_autoincrement=True,
 )
 
+#: The correction memory (daemon/core/memory.py): each correction's sentence embedding
+#: under one model, what that model said about it and what the user chose. ``account``
+#: "*" is the pool shared by every account (``feedback import`` without an account).
+memory = sa.Table(
+    "memory",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.Text, nullable=False),
+    sa.Column("correction_id", Id, sa.ForeignKey("corrections.id"), unique=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("said", sa.Text, nullable=False),
+    sa.Column("confident", sa.Boolean, nullable=False),
+    sa.Column("chosen", sa.Text, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),  # float32, little-endian
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("used_at", sa.Text),
+    sa.Column("uses", sa.Integer, nullable=False, server_default="0"),
+    #: The memory's signature (count and newest id per account and model, asked before
+    #: every batch) is read from this index alone, never from the wide rows.
+    sa.Index("memory_scope", "account", "model_version", "id"),
+    sqlite_autoincrement=True,
+)
+
 #: Who holds each account (replicas on a PostgreSQL state; daemon/store/leases.py). A
 #: claim raises the epoch; writes for the account are fenced on (owner, epoch, expiry).
 leases = sa.Table(
@@ -122,4 +149,4 @@ replicas = sa.Table(
 
 #: Tables ``state migrate`` copies, in an order that respects their foreign keys (leases
 #: and replicas are live coordination, not history: they start empty).
-TABLES: tuple[sa.Table, ...] = (folders, watched, decisions, corrections)
+TABLES: tuple[sa.Table, ...] = (folders, watched, decisions, corrections, memory)

@@ -2,23 +2,22 @@
 
 The ``decisions`` table is the audit log and the write-ahead journal: a decision is
 committed as ``pending`` **before** the server is touched, and marked ``done`` (or
-``failed``) after. :class:`StateStore` is the SQLite implementation of
-:class:`daemon.store.base.Store`, the interface the rest of the daemon uses: three
-repositories (folders, decisions, corrections) over one :class:`Database`, which owns the
-plumbing (connection, lock, migrations, transactions, backup).
+``failed``) after. :class:`StateStore` is the implementation of
+:class:`daemon.store.base.Store`, the interface the rest of the daemon uses: four
+repositories (folders, decisions, corrections, and the correction memory in
+:mod:`daemon.store.memory`) over one :class:`Database`, which owns the plumbing
+(connection, lock, migrations, transactions, backup).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from daemon.store.database import Database, display, open_database, set_write_hook
-from daemon.store.leases import Fence
+from daemon.store.database import display, open_database, set_write_hook
+from daemon.store.memory import MemoryRepository
 from daemon.store.records import (
     DECISION_COLUMNS,
     Correction,
@@ -30,6 +29,7 @@ from daemon.store.records import (
     decision_row,
     utcnow,
 )
+from daemon.store.repository import Repository
 from daemon.store.schema import corrections, decisions, folders, watched
 
 __all__ = [
@@ -43,43 +43,8 @@ __all__ = [
     "utcnow",
 ]
 
-#: Values per IN list: far below both engines' limits on bound parameters.
-_CHUNK = 500
 
-
-class _Repository:
-    database: Database
-    #: Set on a PostgreSQL state shared by replicas: every write for an account checks,
-    #: in its own transaction, that this replica still holds the account's lease.
-    fence: Fence | None = None
-
-    def _fenced(self, conn: sa.Connection, accounts: Iterable[str]) -> dict[str, int]:
-        """The lease epoch of each account (empty without a fence), or LeaseLostError."""
-        return {} if self.fence is None else self.fence.check(conn, accounts)
-
-    def _rows_in(self, make: Any, values: Sequence[Any]) -> list[sa.RowMapping]:
-        """The rows of ``make(chunk)`` (a statement with an IN over ``chunk``) over
-        ``values`` in chunks."""
-        rows: list[sa.RowMapping] = []
-        for start in range(0, len(values), _CHUNK):
-            rows += self.database.rows(make(list(values[start : start + _CHUNK])))
-        return rows
-
-    def _upsert(
-        self, conn: sa.Connection, table: sa.Table, keys: Sequence[str], **values: Any
-    ) -> None:
-        """Insert a row, or update the one with the same ``keys``."""
-        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-        statement = dialect.insert(table).values(**values)
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=list(keys),
-                set_={k: statement.excluded[k] for k in values if k not in keys},
-            )
-        )
-
-
-class FolderRepository(_Repository):
+class FolderRepository(Repository):
     """Per account and watched folder: UIDVALIDITY and the high-water UID; per triage
     folder: where it was when last looked at for corrections."""
 
@@ -139,7 +104,7 @@ class FolderRepository(_Repository):
             )
 
 
-class DecisionRepository(_Repository):
+class DecisionRepository(Repository):
     """The journal: decisions recorded before acting, finished after."""
 
     def record(self, new: Sequence[NewDecision]) -> list[int]:
@@ -299,19 +264,23 @@ class DecisionRepository(_Repository):
         return {r["status"]: int(r["n"]) for r in rows}
 
 
-class CorrectionRepository(_Repository):
+class CorrectionRepository(Repository):
     """Messages the user filed elsewhere than CleanInbox did."""
 
-    def add_correction(self, decision: Decision, corrected: str, folder: str, text: str) -> bool:
-        """Record (or update: the user moved it again) a correction; True when new."""
+    def add_correction(
+        self, decision: Decision, corrected: str, folder: str, text: str
+    ) -> tuple[int, bool]:
+        """Record (or update: the user moved it again) a correction: its id, and True
+        when new."""
         with self.database.transaction() as conn:
             self._fenced(conn, [decision.account])
             existed = conn.execute(
                 sa.select(corrections.c.id).where(corrections.c.decision_id == decision.id)
             ).first()
             if existed is None:
-                conn.execute(
-                    sa.insert(corrections).values(
+                correction_id = conn.execute(
+                    sa.insert(corrections)
+                    .values(
                         account=decision.account,
                         decision_id=decision.id,
                         message_id=decision.message_id,
@@ -321,14 +290,16 @@ class CorrectionRepository(_Repository):
                         folder=folder,
                         created_at=utcnow(),
                     )
-                )
+                    .returning(corrections.c.id)
+                ).scalar_one()
             else:
+                correction_id = existed.id
                 conn.execute(
                     sa.update(corrections)
                     .where(corrections.c.decision_id == decision.id)
                     .values(corrected=corrected, folder=folder, created_at=utcnow())
                 )
-        return existed is None
+        return int(correction_id), existed is None
 
     def corrections(self, account: str | None = None) -> list[Correction]:
         query = sa.select(corrections)
@@ -337,7 +308,7 @@ class CorrectionRepository(_Repository):
         return [Correction(**r) for r in self.database.rows(query.order_by(corrections.c.id))]
 
 
-class StateStore(FolderRepository, DecisionRepository, CorrectionRepository):
+class StateStore(FolderRepository, DecisionRepository, CorrectionRepository, MemoryRepository):
     """The state, in a SQLite file or a PostgreSQL database (``location``: a path or a
     ``postgresql://`` URL). Use as a context manager to close it (and release SQLite's
     lock)."""

@@ -9,12 +9,14 @@ these tests.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -23,7 +25,9 @@ from daemon.core.cycle import CycleReport, Mode, Triage
 from daemon.core.rules import Rules, load_rules
 from daemon.core.runtime import Loaded, Runtime
 from daemon.metrics import Metrics
+from daemon.model.bundle import MemoryCalibration
 from daemon.model.classifier import Classified, Classifier, Prediction
+from daemon.model.memory import FloatArray, normalise
 from daemon.store import state
 from daemon.store.state import StateStore
 from tests.core.memory import Crash, MemoryMailbox, MemoryServer
@@ -89,13 +93,31 @@ RULES = {
 RULES_TEXT = yaml.safe_dump(RULES, sort_keys=False)
 
 
+DIMENSIONS = 64
+
+
+def bag_of_words(text: str) -> FloatArray:
+    """The fake's sentence embedding: words hashed into 64 buckets, unit length (two
+    texts sharing most of their words are close)."""
+    vector = np.zeros(DIMENSIONS, dtype=np.float32)
+    for word in text.lower().split():
+        vector[zlib.crc32(word.strip("?.!,").encode()) % DIMENSIONS] += 1.0
+    return normalise(vector[None, :])[0]
+
+
 @dataclass(frozen=True)
 class FakeManifest:
-    """The three manifest fields :class:`~daemon.core.runtime.Runtime` publishes."""
+    """The manifest fields the core reads: what :class:`~daemon.core.runtime.Runtime`
+    publishes, and the correction memory's threshold."""
 
     version: str = "keyword-fake-1"
     base_model: str = "none (keyword fake)"
     text_recipe: str = "subject-body"
+    memory: MemoryCalibration = field(
+        default_factory=lambda: MemoryCalibration(
+            dimensions=DIMENSIONS, similarity=0.8, repeated_similarity=0.8, max_flip_rate=0.002
+        )
+    )
 
 
 class KeywordClassifier:
@@ -105,8 +127,12 @@ class KeywordClassifier:
     Why a fake: the real classifier needs a bundle from a training run (minutes), and these
     tests are about what the core does with a prediction, not about the model. The intent
     comes from a keyword in the text; a ``?`` makes it unsure (low confidence, abstains);
-    the word ``newsletter`` makes it out of scope.
+    the word ``newsletter`` makes it out of scope. Its "sentence embedding" is a bag of
+    words (:func:`bag_of_words`), so the correction memory works on it as on a bundle.
     """
+
+    embedding_output = "embedding"
+    dimensions = DIMENSIONS
 
     def __init__(self, labels: Sequence[str] = tuple(LABELS)) -> None:
         self.manifest = FakeManifest()
@@ -136,7 +162,8 @@ class KeywordClassifier:
     def classify(self, texts: Sequence[str]) -> Classified:
         started = time.perf_counter()
         predictions = self.predict(texts)
-        return Classified(predictions, time.perf_counter() - started)
+        embeddings = np.stack([bag_of_words(t) for t in texts]) if texts else None
+        return Classified(predictions, time.perf_counter() - started, embeddings)
 
 
 def message(name: str, body: str, subject: str = "") -> bytes:

@@ -1,6 +1,8 @@
 """Corrections against the real Dovecot: a second client moves messages the daemon filed
 into other triage folders; the next cycle records each as a correction (mapped back to an
-intent through the rules), and `cleaninbox feedback export` writes them as a dataset."""
+intent through the rules), the correction memory files the next such message where the
+user put the last one, in the same run, and `cleaninbox feedback export` writes the
+corrections as a dataset."""
 
 from __future__ import annotations
 
@@ -85,6 +87,19 @@ def test_user_moves_become_corrections_and_export(
     assert {e["message_id"] for e in logged} == {mid(first), mid(second)}
     for e in logged:
         assert e["corrected"] in rules.intents_filed_in(e["folder"])
+
+    # The next such message (another customer, the same words) goes where the user put
+    # the first one: the correction memory decides it, no retrain needed.
+    again = email(QUERIES[0], 7000, **{"Message-ID": "<again@cleaninbox.test>"})
+    mail_user.append(again)
+    out = cli(workdir, "once", "--set", "log_level=info").stderr
+    assert where(mail_user, folders, again) == target1
+    (decided,) = [
+        json.loads(line) for line in out.splitlines() if '"decision"' in line and mid(again) in line
+    ]
+    assert decided["memory"]["similarity"] >= 0.99, decided
+    history = cli(workdir, "history").stdout
+    assert "(memory entry" in history
 
     # Moved again: the correction is updated, not duplicated; our own filing is never one.
     target3 = next(f for f in folders if f not in (target1, placed[mid(first)]))
