@@ -77,7 +77,7 @@ def test_a_model_that_hangs_is_bounded(
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(workdir)
-    monkeypatch.setattr(Classifier, "predict", lambda self, texts: time.sleep(3) or [])
+    monkeypatch.setattr(Classifier, "outputs", lambda self, texts: time.sleep(3) or None)
     service = Service(load_settings(workdir / "cleaninbox.yaml"))
     try:
         started = time.monotonic()
