@@ -2,14 +2,20 @@
 (:class:`daemon.core.memory.CorrectionMemory` over a SQLite state, the bundle's int8 graph).
 
 1. Remap: the user files ``card_arrival`` mail under ``card_delivery_estimate``. For
-   ``--draws`` random draws, 1, 2, 5 and 10 ``card_arrival`` test queries become
-   corrections; the share of the other ``card_arrival`` test queries (never corrections)
-   that the memory then files under ``card_delivery_estimate``. Target: >= 80% after 5.
+   ``--draws`` random draws, 1, 2, 5 and 10 ``card_arrival`` test queries arrive, are
+   decided (the daemon counts the model's sure decisions per intent) and are corrected;
+   the share of the other ``card_arrival`` test queries (never corrections) that the
+   memory then files under ``card_delivery_estimate``. Target: >= 80% after 5. Also after
+   5 corrections when the user first left 5 or 10 other ``card_arrival`` queries where
+   the model put them (the remap rule needs the corrections to be half of them).
 2. False overrides: with 10 such corrections in memory, the accuracy on every test query
    of another intent, against the model alone (target: changes by <= 0.2 points); with
    up to 500 genuine corrections, the accuracy on the test set (target: does not fall):
-   the model's errors on mail it never trained on (validation, the development set of
-   other people's words), then also on the training split.
+   the model's errors on a stream of mail it never trained on (validation, the
+   development set of other people's words; every message decided, every error
+   corrected); then that stream plus a random half of the test set, evaluated on the
+   other half; then plus the training split (errors there are mostly banking77's own
+   label inconsistencies: a user who corrects against their own earlier labels).
 3. Cost: 10,000 entries in memory (embeddings of real queries), throughput of
    ``classify`` + the memory at batch 32 against ``classify`` alone in the same run
    (target >= 90%), and the lookup index's size (target <= 20 MB).
@@ -44,6 +50,7 @@ from training.data import Banking77, load_banking77, read_labelled  # noqa: E402
 
 SOURCE, TARGET = "card_arrival", "card_delivery_estimate"
 SIZES = (1, 2, 5, 10)
+LEFT_ALONE = (5, 10)
 
 
 def load_data(classifier: Classifier, data_dir: Path | None) -> Banking77:
@@ -70,6 +77,22 @@ def fresh_memory(root: Path, name: str) -> tuple[StateStore, CorrectionMemory]:
     return store, CorrectionMemory(store, MemorySettings(max_entries=100_000), record_use=False)
 
 
+def decide_then_correct(
+    memory: CorrectionMemory,
+    classifier: Classifier,
+    stream: Classified,
+    corrections: Sequence[tuple[str, str]],
+) -> None:
+    """As the daemon: the stream's messages are decided (the model's sure decisions are
+    counted per intent, uses recorded), then the user's corrections are learnt."""
+    memory.record_use = True
+    if stream.predictions:
+        memory.apply("a", classifier, stream)
+    for text, chosen in corrections:
+        memory.learn("a", text, chosen, classifier)
+    memory.record_use = False  # evaluation decides without counting
+
+
 def remap(
     classifier: Classifier, data: Banking77, test: Classified, draws: int, root: Path
 ) -> tuple[dict[int, list[float]], list[float]]:
@@ -78,19 +101,25 @@ def remap(
     source = [i for i, y in enumerate(data.test.labels) if names[y] == SOURCE]
     others = [i for i, y in enumerate(data.test.labels) if names[y] != SOURCE]
     base_other = accuracy(test, data, others)
-    follow: dict[int, list[float]] = {n: [] for n in SIZES}
+    follow: dict[int | str, list[float]] = {n: [] for n in SIZES}
+    follow.update({f"left{n}": [] for n in LEFT_ALONE})
     other_change: list[float] = []
     rng = random.Random(0)
     for draw in range(draws):
         order = rng.sample(source, len(source))
+        held = order[max(SIZES) + max(LEFT_ALONE) :]  # the same held-out queries throughout
         store, memory = fresh_memory(root, f"remap{draw}")
         with store:
             learned = 0
             for n in SIZES:
-                for i in order[learned:n]:
-                    memory.learn("a", data.test.texts[i], TARGET, classifier)
+                new = order[learned:n]
+                decide_then_correct(
+                    memory,
+                    classifier,
+                    subset(test, new),
+                    [(data.test.texts[i], TARGET) for i in new],
+                )
                 learned = n
-                held = order[max(SIZES) :]  # the same held-out queries for every size
                 decided = memory.apply("a", classifier, subset(test, held))
                 follow[n].append(sum(p.intent == TARGET for p in decided) / len(held))
             decided_all = memory.apply("a", classifier, subset(test, others))
@@ -99,6 +128,20 @@ def remap(
                 for i, p in zip(others, decided_all, strict=True)
             ) / len(others)
             other_change.append((after - base_other) * 100)
+        for left in LEFT_ALONE:  # the same 5 corrections after ``left`` untouched decisions
+            store, memory = fresh_memory(root, f"left{draw}-{left}")
+            with store:
+                kept = order[max(SIZES) : max(SIZES) + left]
+                decide_then_correct(memory, classifier, subset(test, kept), [])
+                fixed = order[:5]
+                decide_then_correct(
+                    memory,
+                    classifier,
+                    subset(test, fixed),
+                    [(data.test.texts[i], TARGET) for i in fixed],
+                )
+                decided = memory.apply("a", classifier, subset(test, held))
+                follow[f"left{left}"].append(sum(p.intent == TARGET for p in decided) / len(held))
     return follow, other_change
 
 
@@ -108,18 +151,24 @@ def accuracy(classified: Classified, data: Banking77, rows: Sequence[int]) -> fl
     return right / len(rows)
 
 
+GENUINE_MODES = ("held-out", "test-half", "training")
+
+
 def genuine(
     classifier: Classifier,
     data: Banking77,
     test: Classified,
     limit: int,
     root: Path,
-    include_training: bool,
-) -> tuple[int, dict[str, int], float, float, int]:
-    """Up to ``limit`` corrections of the model's errors outside the test set: on mail it
-    never trained on (validation, the development set), and with ``include_training``
-    also the training split's (the model was taught those labels and still disagrees:
-    mostly banking77's own inconsistencies, not what a user's corrections look like)."""
+    mode: str,
+) -> tuple[int, dict[str, int], float, float, int, int]:
+    """Up to ``limit`` corrections of the model's errors on a stream of mail, every
+    message of it decided first (as the daemon counts them): validation and the
+    development set; with ``test-half`` also a random half of the test set (evaluated on
+    the other half); with ``training`` also the training split (the model was taught those
+    labels and still disagrees: mostly banking77's own inconsistencies, not what a user's
+    corrections look like). Returns corrections, per pool, accuracy before and after,
+    decided by the memory, test queries evaluated."""
     names = data.label_names
     pools: list[tuple[str, list[str], list[str]]] = [
         ("validation", data.val.texts, [names[y] for y in data.val.labels]),
@@ -128,33 +177,44 @@ def genuine(
     if dev.is_file():
         split = read_labelled(dev, names)
         pools.append(("development", split.texts, [names[y] for y in split.labels]))
-    if include_training:
-        pools.append(("training", data.train.texts, [names[y] for y in data.train.labels]))
-    errors: list[tuple[str, str, str]] = []
-    for pool, texts, labels in pools:
-        predictions = classifier.predict(texts)
-        errors += [
-            (pool, text, label)
-            for text, label, p in zip(texts, labels, predictions, strict=True)
-            if p.intent != label
-        ]
-    random.Random(1).shuffle(errors)
-    chosen = errors[:limit]
-    store, memory = fresh_memory(root, f"genuine{int(include_training)}")
-    with store:
-        for _pool, text, label in chosen:
-            memory.learn("a", text, label, classifier)
-        rows = list(range(len(data.test)))
-        before = accuracy(test, data, rows)
-        decided = memory.apply("a", classifier, test)
-        after = sum(names[data.test.labels[i]] == p.intent for i, p in enumerate(decided)) / len(
-            rows
+    rows = list(range(len(data.test)))
+    if mode == "test-half":
+        shuffled = random.Random(3).sample(rows, len(rows))
+        stream, rows = sorted(shuffled[: len(rows) // 2]), sorted(shuffled[len(rows) // 2 :])
+        pools.append(
+            (
+                "test half",
+                [data.test.texts[i] for i in stream],
+                [names[data.test.labels[i]] for i in stream],
+            )
         )
+    if mode == "training":
+        pools.append(("training", data.train.texts, [names[y] for y in data.train.labels]))
+    store, memory = fresh_memory(root, f"genuine-{mode}")
+    with store:
+        errors: list[tuple[str, str, str]] = []
+        for pool, texts, labels in pools:
+            classified = classifier.classify(texts)
+            decide_then_correct(memory, classifier, classified, [])
+            errors += [
+                (pool, text, label)
+                for text, label, p in zip(texts, labels, classified.predictions, strict=True)
+                if p.intent != label
+            ]
+        random.Random(1).shuffle(errors)
+        chosen = errors[:limit]
+        empty = Classified([], 0.0, None)
+        decide_then_correct(memory, classifier, empty, [(t, label) for _, t, label in chosen])
+        before = accuracy(test, data, rows)
+        decided = memory.apply("a", classifier, subset(test, rows))
+        after = sum(
+            names[data.test.labels[i]] == p.intent for i, p in zip(rows, decided, strict=True)
+        ) / len(rows)
         changed = sum(p.memory is not None for p in decided)
     by_pool: dict[str, int] = {}
     for pool, _, _ in chosen:
         by_pool[pool] = by_pool.get(pool, 0) + 1
-    return len(chosen), by_pool, before, after, changed
+    return len(chosen), by_pool, before, after, changed, len(rows)
 
 
 def cost(
@@ -240,6 +300,17 @@ def main() -> int:
                     ok,
                 )
             )
+        for left in LEFT_ALONE:
+            key = f"left{left}"
+            rows.append(
+                (
+                    f"  the same after 5, the user having left {left} others alone",
+                    f"{statistics.mean(follow[key]) * 100:.1f}% "
+                    f"(min {min(follow[key]) * 100:.1f}%)",
+                    "",
+                    "",
+                )
+            )
         worst = max(other, key=abs)
         rows.append(
             (
@@ -249,18 +320,18 @@ def main() -> int:
                 "ok" if abs(worst) <= 0.2 else "MISSED",
             )
         )
-        for include_training in (False, True):
-            count, pools, before, after, changed = genuine(
-                classifier, data, test, args.genuine, root, include_training
+        for mode in GENUINE_MODES:
+            count, pools, before, after, changed, evaluated = genuine(
+                classifier, data, test, args.genuine, root, mode
             )
             where = ", ".join(f"{k} {v}" for k, v in pools.items())
             rows.append(
                 (
-                    f"{count} genuine corrections ({where})",
+                    f"{count} genuine corrections ({where}); {evaluated} test queries",
                     f"test accuracy {before * 100:.2f}% → {after * 100:.2f}% "
                     f"({changed} decided by the memory)",
-                    "does not fall",
-                    "ok" if after >= before else "MISSED",
+                    "does not fall" if mode != "training" else "(label noise: reported)",
+                    ("ok" if after >= before else "MISSED") if mode != "training" else "",
                 )
             )
         plain, with_memory, mb, size = cost(classifier, data, args.entries, args.repeat, root)

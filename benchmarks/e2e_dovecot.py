@@ -2,10 +2,13 @@
 
 Prints messages per second end to end, the share of time per stage (fetch, parse,
 classify, act, state) and the daemon process's peak RSS. Emails are banking77 test queries
-rendered with subject, greeting, body and signature.
+rendered with subject, greeting, body and signature. ``--server cyrus`` runs it against
+Cyrus IMAP in a container instead (tests/cyrus.py; needs podman), ``--server both`` against
+each in turn and prints Cyrus's rate as a ratio of Dovecot's in the same run.
 
     python benchmarks/e2e_dovecot.py --messages 5000 --bundle models/current
     python benchmarks/e2e_dovecot.py --state postgresql://127.0.0.1/empty  # on PostgreSQL
+    python benchmarks/e2e_dovecot.py --messages 1000 --server both
 """
 
 from __future__ import annotations
@@ -44,9 +47,21 @@ def main() -> None:
         help="state: a postgresql:// URL of an empty database (default: a SQLite file in "
         "the scratch directory), to compare the engines on the same run",
     )
+    parser.add_argument("--server", choices=["dovecot", "cyrus", "both"], default="dovecot")
     args = parser.parse_args()
+    servers = ["dovecot", "cyrus"] if args.server == "both" else [args.server]
+    rates = {server: run(server, args) for server in servers}
+    if len(rates) == 2:
+        print(
+            f"messages/s: dovecot {rates['dovecot']:.1f}, cyrus {rates['cyrus']:.1f} "
+            f"(cyrus/dovecot {rates['cyrus'] / rates['dovecot']:.2f}, same run)"
+        )
 
-    with scratch_mail("cleaninbox-e2e-", ["bench"]) as scratch:
+
+def run(server: str, args: argparse.Namespace) -> float:
+    """One end-to-end run against ``server``; its messages per second."""
+    print(f"--- {server}")
+    with scratch_mail("cleaninbox-e2e-", ["bench"], server=server) as scratch:
         scratch.write_settings(
             args.bundle.resolve(),
             [scratch.account("bench", name="bench", batch_size=args.batch_size)],
@@ -80,6 +95,7 @@ def main() -> None:
         )
         peak = max(peak_kib, before)
         print(f"daemon peak RSS: {peak / 1024:.0f} MiB (largest child process so far)")
+        return args.messages / wall
 
 
 if __name__ == "__main__":

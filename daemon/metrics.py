@@ -12,6 +12,7 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 STAGES = ("fetch", "parse", "classify", "act", "state")
+HTTP_REJECTIONS = ("too_large", "busy", "timeout", "bad_request")
 
 
 class Metrics:
@@ -208,8 +209,18 @@ class Metrics:
             ["replica"],
             registry=r,
         )
+        self.http_rejected = Counter(
+            "cleaninbox_http_rejected_total",
+            "HTTP requests refused before any classification, by reason: too_large (413), "
+            "busy (429, http.max_concurrent_classify), timeout (408, body not received in "
+            "time), bad_request (400, 415, 422).",
+            ["reason"],
+            registry=r,
+        )
         for stage in STAGES:
             self.stage.labels(stage)
+        for reason in HTTP_REJECTIONS:
+            self.http_rejected.labels(reason)
 
     def set_model(self, version: str, base_model: str, text_recipe: str, loaded_at: float) -> None:
         self.model.info({"version": version, "base_model": base_model, "text_recipe": text_recipe})

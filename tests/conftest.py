@@ -28,12 +28,32 @@ def banking77_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, banking77_dir: Path) -> Path:
-    """A bundle from configs/train-tiny.yaml: the whole training path, end to end."""
+def tiny_bundle(
+    tmp_path_factory: pytest.TempPathFactory, banking77_dir: Path, worker_id: str
+) -> Path:
+    """A bundle from configs/train-tiny.yaml: the whole training path, end to end.
+
+    Under pytest-xdist (`make test` runs two workers) the first worker to need it trains it
+    into the run's shared temporary directory while the others wait on a file lock.
+    """
+    from filelock import FileLock
+
+    if worker_id == "master":
+        return _train_tiny(tmp_path_factory.mktemp("models"), banking77_dir)
+    shared = tmp_path_factory.getbasetemp().parent / "tiny-bundle"
+    with FileLock(f"{shared}.lock"):
+        done = shared / "path"
+        if not done.is_file():
+            bundle = _train_tiny(shared / "models", banking77_dir)
+            done.write_text(str(bundle))
+        return Path(done.read_text())
+
+
+def _train_tiny(out: Path, banking77_dir: Path) -> Path:
     from training.config import load_train_config
     from training.pipeline import train
 
-    out = tmp_path_factory.mktemp("models")
+    out.mkdir(parents=True, exist_ok=True)
     config = load_train_config(
         REPO / "configs" / "train-tiny.yaml",
         [
@@ -60,7 +80,6 @@ _MAIL_SERVER_DIRS = ("integration", "reliability")
 _POSIX_FILES = {
     "test_state.py",
     "test_deploy.py",
-    "test_docker_install.py",
     "test_service_retrain.py",
     "test_cli.py",
     "test_dvc_pipeline.py",
@@ -87,6 +106,9 @@ def _uses_postgres(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The image builds (tests/test_images.py, minutes) go first: under xdist one worker
+    # takes them while the other runs the rest, rather than both waiting on them at the end.
+    items.sort(key=lambda item: item.get_closest_marker("containers") is None)
     for item in items:
         if _uses_postgres(item):
             item.add_marker(pytest.mark.postgres)

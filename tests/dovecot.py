@@ -57,7 +57,9 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
             "-subj",
             "/CN=localhost",
             "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            # 10.0.2.2: this host's loopback as a container on slirp4netns reaches it
+            # (tests/test_images.py)
+            "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:10.0.2.2",
             "-keyout",
             str(key),
             "-out",
@@ -71,6 +73,18 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 class Dovecot:
+    name = "dovecot"
+
+    @staticmethod
+    def native(folder: str) -> str:
+        """A folder as the rules name it as this server names it: the same ('/', no
+        namespace prefix; tests/cyrus.py's differs)."""
+        return folder
+
+    @staticmethod
+    def logical(name: str) -> str:
+        return name
+
     def __init__(
         self,
         root: Path,

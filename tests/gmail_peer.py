@@ -281,6 +281,9 @@ class _Session:
         self.send(f"* BYE LOGOUT Requested\r\n{tag} OK 73 good day (Success)\r\n")
         return False
 
+    def do_namespace(self, tag: str, _a: list[object]) -> None:
+        self.send(f'* NAMESPACE (("" "/")) NIL NIL\r\n{tag} OK Success\r\n')
+
     def do_list(self, tag: str, a: list[object]) -> None:
         pattern = str(a[1])
         if pattern == "":

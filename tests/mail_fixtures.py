@@ -8,13 +8,15 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from imapclient import IMAPClient
 
 from daemon.model.samples import render_email
+from tests.cyrus import Cyrus, running_cyrus
 from tests.dovecot import PASSWORD, Dovecot, running_dovecot
+from tests.podman import require_podman, shared_dir
 from tests.processes import wait_for
 from tests.scaffold import ENV, NEVER_ABSTAIN, RULES, cli, dovecot_account, write_settings
 
@@ -23,11 +25,15 @@ from tests.scaffold import ENV, NEVER_ABSTAIN, RULES, cli, dovecot_account, writ
 __all__ = [
     "ENV",
     "RULES",
+    "SERVERS",
     "USERS",
+    "MailServer",
     "MailUser",
     "cli",
+    "cyrus",
     "dovecot",
     "email",
+    "mail_server",
     "mail_user",
     "mid",
     "snapshot",
@@ -37,7 +43,21 @@ __all__ = [
 ]
 
 USERS = [f"user{i:03d}" for i in range(128)]
-_free_users = list(USERS)
+#: Users no test has taken yet, per server.
+_free_users: dict[str, list[str]] = {}
+
+
+class MailServer(Protocol):
+    """What accounts and test clients use of a server the suite runs (Dovecot, Cyrus)."""
+
+    name: str
+    port: int
+    tls_port: int
+    cert: Path
+
+    def native(self, folder: str) -> str: ...
+
+    def logical(self, name: str) -> str: ...
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +66,31 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def cyrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cyrus]:
+    """Cyrus IMAP in a container (tests/cyrus.py), one per session (per xdist worker)."""
+    require_podman()
+    root = tmp_path_factory.mktemp("cyrus")
+    with running_cyrus(root, USERS, shared_dir(tmp_path_factory)) as server:
+        yield server
+
+
+#: The servers the core scenarios run against, for
+#: ``parametrize("mail_server", SERVERS, indirect=True)``: Cyrus needs a container engine.
+SERVERS = ["dovecot", pytest.param("cyrus", marks=pytest.mark.containers)]
+
+
+@pytest.fixture
+def mail_server(request: pytest.FixtureRequest) -> MailServer:
+    """The suite's Dovecot, unless a test parametrises it (``SERVERS``)."""
+    server: MailServer = request.getfixturevalue(str(getattr(request, "param", "dovecot")))
+    return server
+
+
 @dataclass
 class MailUser:
     name: str
-    server: Dovecot
+    server: MailServer
 
     def client(self) -> IMAPClient:
         context = ssl.create_default_context(cafile=str(self.server.cert))
@@ -59,16 +100,21 @@ class MailUser:
 
     def append(self, raw: bytes, folder: str = "INBOX") -> None:
         with self.client() as c:
-            c.append(folder, raw)
+            c.append(self.server.native(folder), raw)
 
     def folders(self) -> list[str]:
+        """The user's folders as the rules name them."""
         with self.client() as c:
             return [
-                str(name) for flags, _delim, name in c.list_folders() if b"\\Noselect" not in flags
+                self.server.logical(str(name))
+                for flags, _delim, name in c.list_folders()
+                if b"\\Noselect" not in flags
             ]
 
     def messages(self, folder: str) -> dict[str, dict[str, object]]:
-        """Message-ID -> {uid, flags, raw} of every message in ``folder``."""
+        """Message-ID -> {uid, flags, raw} of every message in ``folder`` (as the rules
+        name it)."""
+        folder = self.server.native(folder)
         with self.client() as c:
             if not c.folder_exists(folder):
                 return {}
@@ -92,17 +138,18 @@ class MailUser:
             return out
 
 
-def take_user(dovecot: Dovecot) -> MailUser:
-    """A mailbox user no other test has used."""
-    if not _free_users:
+def take_user(server: MailServer) -> MailUser:
+    """A mailbox user no other test has used on ``server``."""
+    free = _free_users.setdefault(server.name, list(USERS))
+    if not free:
         pytest.fail(f"all {len(USERS)} test mail users are taken; raise the pool size")
-    return MailUser(_free_users.pop(0), dovecot)
+    return MailUser(free.pop(0), server)
 
 
 @pytest.fixture
-def mail_user(dovecot: Dovecot) -> MailUser:
-    """A fresh mailbox user for each test."""
-    return take_user(dovecot)
+def mail_user(mail_server: MailServer) -> MailUser:
+    """A fresh mailbox user for each test, on ``mail_server``."""
+    return take_user(mail_server)
 
 
 @pytest.fixture
@@ -122,7 +169,7 @@ def workdir(
     tmp_path: Path,
     tiny_bundle: Path,
     mail_user: MailUser,
-    dovecot: Dovecot,
+    mail_server: MailServer,
     engine: str,
 ) -> Path:
     """cleaninbox.yaml + rules for ``mail_user``; the tiny bundle never abstains. The
@@ -132,7 +179,7 @@ def workdir(
         # a short lease: a SIGKILLed one-shot command's lease expires quickly
         state = {"state": request.getfixturevalue("pg_server").schema_url(), "lease_ttl": 3}
     account = dovecot_account(
-        dovecot, mail_user.name, kind="imap", tls="implicit", folders=["INBOX"]
+        mail_server, mail_user.name, kind="imap", tls="implicit", folders=["INBOX"]
     )
     write_settings(
         tmp_path,

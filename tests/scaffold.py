@@ -21,13 +21,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.cyrus import Cyrus
 from tests.dovecot import PASSWORD, Dovecot, running_dovecot
 from tests.processes import stop_process, wait_for
 from tests.proxy import Proxy
@@ -84,8 +85,9 @@ def imap_account(
     return {**account, **extra}
 
 
-def dovecot_account(server: Dovecot, username: str, **extra: Any) -> dict[str, Any]:
-    """An account on ``server`` over implicit TLS, trusting its throwaway certificate."""
+def dovecot_account(server: Dovecot | Cyrus, username: str, **extra: Any) -> dict[str, Any]:
+    """An account on ``server`` (the suite's Dovecot, or Cyrus: tests/cyrus.py) over
+    implicit TLS, trusting its throwaway certificate."""
     return imap_account(username, server.tls_port, ca_file=server.cert, **extra)
 
 
@@ -214,10 +216,10 @@ def launch_daemon(
 
 @dataclass
 class ScratchMail:
-    """A running Dovecot and an empty daemon working directory under one temporary root."""
+    """A running mail server and an empty daemon working directory under one root."""
 
     root: Path
-    server: Dovecot
+    server: Dovecot | Cyrus
     work: Path
 
     def account(self, username: str, **extra: Any) -> dict[str, Any]:
@@ -228,10 +230,20 @@ class ScratchMail:
 
 
 @contextmanager
-def scratch_mail(prefix: str, users: Iterable[str]) -> Iterator[ScratchMail]:
-    """The benchmarks' Dovecot + working directory (kept afterwards, for a look at it)."""
+def scratch_mail(
+    prefix: str, users: Iterable[str], server: str = "dovecot"
+) -> Iterator[ScratchMail]:
+    """The benchmarks' mail server (Dovecot on the host, or Cyrus in a container:
+    tests/cyrus.py) + working directory, kept afterwards for a look at them."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
-    with running_dovecot(root / "dovecot", users) as server:
-        work = root / "work"
-        work.mkdir()
-        yield ScratchMail(root, server, work)
+    work = root / "work"
+    work.mkdir()
+    running: AbstractContextManager[Dovecot | Cyrus]
+    if server == "cyrus":
+        from tests.cyrus import running_cyrus
+
+        running = running_cyrus(root / "cyrus", users, locks=root)
+    else:
+        running = running_dovecot(root / "dovecot", users)
+    with running as started:
+        yield ScratchMail(root, started, work)

@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from daemon.cli import main
 from daemon.model.classifier import Classifier
+from daemon.store.state import StateStore
 from tests.scaffold import write_settings
 
 TEXT = "my new card has still not arrived after two weeks"
@@ -55,6 +56,10 @@ def test_import_then_classify_decides_by_the_memory(
     )
     assert imported.exit_code == 0, imported.output
     assert "1 correction(s) remembered" in imported.output
+    # Each imported row is a decision the model made (the remap rule's denominator).
+    said = Classifier(tiny_bundle).predict([TEXT])[0]
+    with StateStore(tmp_path / "var" / "state.db", lock=False) as store:
+        assert store.seen_counts(["*"]) == ({} if said.abstain else {said.intent: 1})
 
     plain = run("classify", TEXT, "--model", str(tiny_bundle))
     assert "memory" not in json.loads(plain.output)

@@ -95,6 +95,41 @@ def test_a_repeated_correction_of_sure_decisions_covers_that_kind_of_mail() -> N
     assert unsure.recall("card_arrival", MIDDLE, rule) is None
 
 
+FAR_CARD = unit(1, 3, 0)  # cosine 0.50 to NEAR_CARD, 0.32 to CARD
+
+
+@pytest.mark.parametrize(
+    ("seen", "decides"),
+    [
+        (0, True),  # nothing counted (imported corrections): they are what the model saw
+        (2, True),  # the user moved every sure card_arrival decision there was
+        (4, True),  # half of them: the share is met
+        (5, False),  # two of five: fixes of those messages, not a remap
+    ],
+)
+def test_corrections_that_are_most_of_an_intent_remap_it(seen: int, decides: bool) -> None:
+    rule = Thresholds(0.9, 0.6, support=2, remap_similarity=0.4, remap_share=0.5)
+    twice = index(
+        (1, "card_arrival", "card_delivery_estimate", CARD),
+        (2, "card_arrival", "card_delivery_estimate", NEAR_CARD),
+        confident=True,
+    )
+    recall = twice.recall("card_arrival", FAR_CARD, rule, seen)
+    assert (recall is not None) is decides
+    if recall is not None:
+        assert recall.intent == "card_delivery_estimate"
+    # Another model intent is never touched, whatever the share.
+    assert twice.recall("lost_or_stolen_card", FAR_CARD, rule, 2) is None
+    # Without the remap threshold (bundles before it) the repeated rule is the lowest.
+    assert twice.recall("card_arrival", FAR_CARD, Thresholds(0.9, 0.6, 2), seen) is None
+
+
+def test_one_correction_is_never_a_remap() -> None:
+    rule = Thresholds(0.9, 0.6, support=2, remap_similarity=0.4, remap_share=0.5)
+    once = index((1, "card_arrival", "card_delivery_estimate", CARD), confident=True)
+    assert once.recall("card_arrival", FAR_CARD, rule, 1) is None
+
+
 def test_an_index_refuses_embeddings_of_another_width() -> None:
     with pytest.raises(ValueError, match="entry 7"):
         MemoryIndex([Entry(7, "a", "b", np.ones(4, dtype=np.float32))], 3)

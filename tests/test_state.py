@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from daemon.errors import StateError
 from daemon.store import migrations
 from daemon.store.schema import metadata
 from daemon.store.state import NewDecision, StateStore
+from tests.postgres import PostgresServer
 
 
 def decision(uid: int, status: str = "pending", **kw: object) -> NewDecision:
@@ -228,3 +230,59 @@ def test_a_schema_2_database_migrates_its_plans(tmp_path: Path) -> None:
     assert plan.move == "Triage/Cards" and plan.copies == ("Archive",)
     assert plan.flags == ["$card", "\\Flagged"] and plan.flags_before == ("\\Seen",)
     assert dict(plan.dest_uidnext) == {"Archive": 3}  # null: never looked at
+
+
+def test_the_remap_rule_counts_come_from_the_journal_on_upgrade(tmp_path: Path) -> None:
+    """Upgrading a state made before the remap rule: the model's sure decisions already in
+    the journal become its counts (memory decisions and abstentions are not the model's)."""
+    from alembic import command
+
+    from daemon.store.migrations import _config
+
+    path = tmp_path / "0005.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        command.upgrade(_config(conn), "0005")
+        conn.commit()
+        rows = [
+            ("card_arrival", 0, None),
+            ("card_arrival", 0, None),
+            ("card_arrival", 1, None),  # abstained: left for review
+            ("card_arrival", 0, 5),  # the memory decided it
+            ("lost_or_stolen_card", 0, None),
+        ]
+        for uid, (intent, abstain, memory_id) in enumerate(rows):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO decisions(kind, account, folder, uidvalidity, uid, intent, "
+                    "abstain, memory_id, status, created_at) VALUES ('triage', 'a', 'INBOX', "
+                    "7, :uid, :intent, :abstain, :memory_id, 'done', 'now')"
+                ),
+                {"uid": uid, "intent": intent, "abstain": abstain, "memory_id": memory_id},
+            )
+        conn.commit()
+    engine.dispose()
+    with StateStore(path) as store:
+        assert store.seen_counts(["a"]) == {"card_arrival": 2, "lost_or_stolen_card": 1}
+        store.count_seen("a", {"card_arrival": 3})
+        store.count_seen("b", {"card_arrival": 1})
+        assert store.seen_counts(["a"]) == {"card_arrival": 5, "lost_or_stolen_card": 1}
+        assert store.seen_counts(None)["card_arrival"] == 6
+
+
+def test_a_sql_ascii_database_holds_utf8_text(pg_server: PostgresServer) -> None:
+    """initdb under the C locale makes SQL_ASCII databases, where psycopg hands back bytes
+    unless the client asks for UTF-8: the daemon then failed at its first connection
+    (SQLAlchemy could not read the server's version) and could not have read text back."""
+    name = f"ascii_{uuid.uuid4().hex[:8]}"
+    pg_server.admin(
+        f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+        "TEMPLATE template0"
+    )
+    try:
+        with StateStore(pg_server.url(name)) as store:
+            store.record([decision(1, message_id="<café@x>", text="Où est ma carte ?")])
+            (stored,) = store.history()
+            assert (stored.message_id, stored.text) == ("<café@x>", "Où est ma carte ?")
+    finally:
+        pg_server.drop_database(name)

@@ -125,7 +125,11 @@ class TrainerConfig(_Section):
     resume_from: Path | None = Field(
         default=None, description="Start from a saved checkpoint and skip fine-tuning."
     )
-    progress: bool = True
+    progress: bool = Field(
+        default=True,
+        description="A progress bar per epoch, only when stderr is a terminal; in a file or "
+        "pipe the log has one line per epoch instead.",
+    )
 
 
 class CalibrationConfig(_Section):
@@ -223,6 +227,21 @@ class MemoryConfig(_Section):
         ge=1,
         description="The same correction of sure decisions made this many times covers "
         "that kind of mail (the lower repeated_similarity); shipped in the bundle.",
+    )
+    remap_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Those corrections, once at least this share of the sure decisions the "
+        "model made with the intent, remap it (the lower remap_similarity); shipped in the "
+        "bundle.",
+    )
+    remap_follow: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="remap_similarity is the highest at which, in the validation remap "
+        "simulation, this share of an intent's other messages follows 5 corrections.",
     )
 
 

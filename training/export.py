@@ -414,7 +414,9 @@ def build_onnx(
     if evaluate is not None:
         selection = select_fp32_nodes(fp32, work_dir, evaluate, config, log)
         keep = selection.kept
-    with tempfile.TemporaryDirectory() as tmp:
+    # Staged beside the target: a rename across file systems (a tmpfs /tmp, a container's
+    # volume) fails with EXDEV.
+    with tempfile.TemporaryDirectory(dir=bundle_dir, prefix=".quantise-") as tmp:
         staged = Path(tmp) / "model.onnx"
         quantise(fp32, staged, config, keep)
         require_outputs(staged, OUTPUT_NAMES, "int8 ONNX")

@@ -245,7 +245,9 @@ class _Loop:
         model.train()
         running = 0.0
         batches = bucketed_batches([len(r) for r in ids], self.config.batch_size, self.rng)
-        bar = tqdm(batches, desc=desc, disable=not self.config.progress)
+        # tqdm's disable=None: a bar only when stderr is a terminal. Redirected to a file it
+        # would write a carriage-return update per step; the log's line per epoch says it.
+        bar = tqdm(batches, desc=desc, disable=None if self.config.progress else True)
         for n, batch in enumerate(bar, start=1):
             input_ids, mask = pad([ids[i] for i in batch], self.pad_id)
             loss = loss_fn(model(input_ids, mask), self.labels[batch])

@@ -24,6 +24,14 @@ serve (the int8 graph's embeddings and logits, the calibrated decision) and neve
 * ``repeated_similarity``: with ``similarity`` fixed, the lowest grid value at or below it
   at which the full rule (``support`` from the config) still meets the bound.
 
+* ``remap_similarity``: the highest value of :data:`REMAP_GRID` at which, in the remap
+  simulation below (``support`` or more corrections that are ``remap_share`` of what the
+  model called the intent: the user corrected each such message as it came), at least
+  ``remap_follow`` of an intent's other messages follow :data:`REMAP_CORRECTIONS`
+  corrections on average; kept only if the full rule still meets the bound on the
+  leave-one-out run (there, the share is of every sure decision in the sets, and genuine
+  errors never come near it: the highest share is about 0.14).
+
 None meeting the bound: the top of the grid (reported). Genuine errors are a pessimistic
 stand-in (they sit between intents, where a correction is most likely to spill over), so
 the thresholds err on the side of deciding less. What they buy is measured too, at the
@@ -50,6 +58,8 @@ BoolArray = npt.NDArray[np.bool_]
 
 #: Thresholds tried, lowest first: 0.50, 0.51, ..., 0.99.
 GRID: tuple[float, ...] = tuple(round(0.50 + 0.01 * i, 2) for i in range(50))
+#: Remap thresholds tried: 0.30, 0.31, ..., 0.99.
+REMAP_GRID: tuple[float, ...] = tuple(round(0.30 + 0.01 * i, 2) for i in range(70))
 #: The remap simulation: intents with at least this many messages predicted rightly and
 #: confidently as them take part; this many of them become corrections.
 REMAP_MIN_MESSAGES = 12
@@ -104,6 +114,14 @@ class Messages:
     def __len__(self) -> int:
         return len(self.truth)
 
+    def seen(self, names: Sequence[str]) -> dict[str, int]:
+        """Sure decisions per intent the model said (the remap rule's denominator)."""
+        counts: dict[str, int] = {}
+        for p, c in zip(self.predicted, self.confident, strict=True):
+            if c:
+                counts[names[p]] = counts.get(names[p], 0) + 1
+        return counts
+
     def errors(self, names: Sequence[str]) -> list[Entry]:
         """The errors as corrections (said = predicted, chosen = truth); id = row."""
         return [
@@ -150,6 +168,7 @@ def leave_one_out(
 ) -> list[Outcome]:
     """Each message decided with every correction but its own, under each rule."""
     entries = messages.errors(names)
+    seen = messages.seen(names)
     dimensions = messages.embeddings.shape[1]
     everyone = MemoryIndex(entries, dimensions)
     flipped, fixed, decided = (np.zeros(len(rules), np.int64) for _ in range(3))
@@ -157,7 +176,7 @@ def leave_one_out(
         index = everyone if p == t else MemoryIndex([e for e in entries if e.id != i], dimensions)
         said, right_before = names[p], p == t
         for k, rule in enumerate(rules):
-            recall = index.recall(said, messages.embeddings[i], rule)
+            recall = index.recall(said, messages.embeddings[i], rule, seen.get(said, 0))
             if recall is None:
                 continue
             decided[k] += 1
@@ -210,7 +229,9 @@ def remap_follow_rates(
     rightly and confidently: :data:`REMAP_CORRECTIONS` of them (drawn with ``seed``)
     become corrections of sure decisions to another intent, and the follow rate is the
     share of the others the memory then decides, after the first of them alone and after
-    all (the user's "I moved a few; the next one goes there too")."""
+    all (the user's "I moved a few; the next one goes there too"). The user corrected each
+    of those messages as it came: the model's sure decisions of the intent so far are the
+    corrections themselves."""
     rng = np.random.default_rng(seed)
     dimensions = messages.embeddings.shape[1]
     after_one: dict[str, float] = {}
@@ -231,7 +252,10 @@ def remap_follow_rates(
         rest = sorted(set(rows) - set(picked))
         for rates, used in ((after_one, corrections[:1]), (after_all, corrections)):
             index = MemoryIndex(used, dimensions)
-            hits = sum(index.recall(name, messages.embeddings[i], rule) is not None for i in rest)
+            hits = sum(
+                index.recall(name, messages.embeddings[i], rule, len(used)) is not None
+                for i in rest
+            )
             rates[name] = hits / len(rest)
     return Remap(after_one, after_all)
 
@@ -241,7 +265,11 @@ class MemoryChoice:
     """The chosen pair, what each gave, and every rule's outcome."""
 
     single: Outcome  # the chosen ``similarity``, repeated rule off
-    repeated: Outcome  # the full rule at the chosen pair
+    repeated: Outcome  # the repeated rule at the chosen pair
+    full: Outcome  # the full rule, the remap rule's threshold included (if kept)
+    remap_similarity: float | None  # None: no value reached ``remap_follow`` in the bound
+    remap_share: float
+    remap_follow: float
     met: bool  # False: nothing met the bound, the top of the grid was taken
     parts: dict[str, int]  # messages per part
     entries: int  # stand-in corrections (the errors)
@@ -282,6 +310,10 @@ class MemoryChoice:
             "repeated_flipped": float(self.repeated.flipped),
             "repeated_fixed": float(self.repeated.fixed),
             "repeated_decided": float(self.repeated.decided),
+            "full_flipped": float(self.full.flipped),
+            "full_fixed": float(self.full.fixed),
+            "full_decided": float(self.full.decided),
+            "remap_follow_target": self.remap_follow,
             "met": float(self.met),
             "remap_intents": float(len(self.remap.after_all)),
         }
@@ -296,6 +328,8 @@ class MemoryChoice:
             similarity=self.similarity,
             repeated_similarity=self.repeated_similarity,
             support=self.support,
+            remap_similarity=self.remap_similarity,
+            remap_share=self.remap_share,
             max_flip_rate=self.max_flip_rate,
             chosen_on=chosen_on,
         )
@@ -311,10 +345,18 @@ class MemoryChoice:
             else "no intent with enough messages for the remap simulation"
         )
         bound = "" if self.met else " (NO threshold met the bound: the top of the grid)"
+        remapped = (
+            f"remap {self.remap_similarity:.2f} once those are {self.remap_share:.2f} of the "
+            f"intent's sure decisions (flip {self.full.flipped}, fix {self.full.fixed})"
+            if self.remap_similarity is not None
+            else f"NO remap threshold reached a follow rate of {self.remap_follow:.2f} "
+            "within the bound"
+        )
         parts = " + ".join(f"{count} {name}" for name, count in self.parts.items())
         return (
             f"memory calibration: similarity {self.similarity:.2f}, repeated "
-            f"{self.repeated_similarity:.2f} after {self.support} sure corrections{bound}: "
+            f"{self.repeated_similarity:.2f} after {self.support} sure corrections, "
+            f"{remapped}{bound}: "
             f"{self.entries} errors as corrections ({self.confident_entries} sure, "
             f"{self.supported_entries} repeated) on {parts} messages flip "
             f"{self.single.flipped} and fix {self.single.fixed} alone, flip "
@@ -332,6 +374,26 @@ def _supported(entries: Sequence[Entry], support: int) -> int:
     return sum(counts.get((e.said, e.chosen), 0) >= support for e in entries)
 
 
+def choose_remap(
+    messages: Messages,
+    names: Sequence[str],
+    base: Thresholds,
+    share: float,
+    follow: float,
+    seed: int,
+) -> tuple[Thresholds, Remap] | None:
+    """The highest remap threshold whose simulated follow rate after
+    :data:`REMAP_CORRECTIONS` corrections reaches ``follow`` (None: none does)."""
+    for value in sorted(REMAP_GRID, reverse=True):
+        if value > base.repeated_similarity:
+            continue
+        rule = Thresholds(base.similarity, base.repeated_similarity, base.support, value, share)
+        remap = remap_follow_rates(messages, names, rule, seed)
+        if remap.all_mean is not None and remap.all_mean >= follow:
+            return rule, remap
+    return None
+
+
 def calibrate_memory(
     parts: Sequence[Part],
     names: Sequence[str],
@@ -339,6 +401,9 @@ def calibrate_memory(
     max_flip_rate: float,
     support: int,
     seed: int,
+    *,
+    remap_share: float = 0.5,
+    remap_follow: float = 0.9,
 ) -> MemoryChoice:
     """Choose the memory's thresholds on the parts' served outputs (see the module
     docstring); ``parts`` never include the test split."""
@@ -351,17 +416,28 @@ def calibrate_memory(
         messages, names, [Thresholds(similarity, r, support) for r in GRID if r <= similarity]
     )
     repeated, _ = choose(repeated_outcomes, n, max_flip_rate)  # at worst r = similarity
+    rule, remap = repeated.rule, remap_follow_rates(messages, names, repeated.rule, seed)
+    full = repeated
+    found = choose_remap(messages, names, repeated.rule, remap_share, remap_follow, seed)
+    if found is not None:
+        (outcome,) = leave_one_out(messages, names, [found[0]])
+        if outcome.meets(n, max_flip_rate):
+            (rule, remap), full = found, outcome
     entries = messages.errors(names)
     return MemoryChoice(
         single=single,
         repeated=repeated,
+        full=full,
+        remap_similarity=rule.remap_similarity,
+        remap_share=remap_share,
+        remap_follow=remap_follow,
         met=met,
         parts={part.name: len(part.labels) for part in parts},
         entries=len(entries),
         confident_entries=sum(e.confident for e in entries),
         supported_entries=_supported(entries, support),
         max_flip_rate=max_flip_rate,
-        remap=remap_follow_rates(messages, names, repeated.rule, seed),
+        remap=remap,
         single_outcomes=single_outcomes,
         repeated_outcomes=repeated_outcomes,
     )

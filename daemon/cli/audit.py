@@ -9,13 +9,14 @@ writes), so they work while the daemon runs.
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from daemon.cli.common import (
+    AccountFailures,
     Group,
     config_options,
     dry_run_option,
@@ -27,7 +28,10 @@ from daemon.cli.common import (
 from daemon.errors import ConfigError
 
 if TYPE_CHECKING:
+    from daemon.core.undo import UndoResult
     from daemon.mailbox import Mailbox
+    from daemon.store.records import Decision
+    from daemon.store.state import StateStore
 
 
 def since_iso(value: str | None) -> str | None:
@@ -220,7 +224,8 @@ def feedback_import(
                 "(memory.enabled false, or a bundle without embeddings)"
             )
         learned = sum(
-            memory.learn(account or SHARED_MEMORY, e.text, e.label, classifier) is not None
+            memory.learn(account or SHARED_MEMORY, e.text, e.label, classifier, seen=True)
+            is not None
             for e in examples
         )
     click.echo(
@@ -259,10 +264,13 @@ def undo(
     decision_id: int | None,
     dry_run: bool,
 ) -> None:
-    """Put messages back where they were, using the audit log."""
+    """Put messages back where they were, using the audit log.
+
+    Exit status: 0 when everything asked for was undone; 1 when a decision could not be
+    undone, or an account failed (one line on stderr; its remaining decisions are left as
+    they are, the other accounts' are still undone); 70 for a bug."""
     from daemon.core.undo import parse_duration, undoable
     from daemon.core.undo import since_iso as iso_ago
-    from daemon.core.undo import undo as run_undo
     from daemon.mailbox import open_mailbox
     from daemon.metrics import Metrics
     from daemon.service.faults import command_hooks
@@ -291,10 +299,13 @@ def undo(
                 return boxes[name]
 
             try:
-                results = run_undo(store, todo, mailbox_for, dry_run=dry_run)
+                results, stopped = _undo_by_account(store, todo, mailbox_for, dry_run)
             finally:
                 for box in boxes.values():
                     box.close()
+    failures = AccountFailures()
+    for account, (exc, left) in stopped.items():
+        failures.caught(account, exc, note=f"{left} decision(s) not undone")
     for r in results:
         click.echo(
             f"{r.decision.id:>6} {r.decision.account}/{r.decision.folder} "
@@ -303,7 +314,32 @@ def undo(
     click.echo(
         f"{sum(r.status == 'done' for r in results)} undone, "
         f"{sum(r.status == 'failed' for r in results)} failed"
+        f"{f', {sum(left for _, left in stopped.values())} not tried' if stopped else ''}"
         f"{', dry run' if dry_run else ''}"
     )
-    if any(r.status == "failed" for r in results):
-        sys.exit(1)
+    failures.exit(at_least=1 if any(r.status == "failed" for r in results) else 0)
+
+
+def _undo_by_account(
+    store: StateStore,
+    todo: list[Decision],
+    mailbox_for: Callable[[str], Mailbox],
+    dry_run: bool,
+) -> tuple[list[UndoResult], dict[str, tuple[Exception, int]]]:
+    """Undo ``todo`` one decision at a time, so an account whose server (or anything else)
+    fails stops only its own decisions. The results, and for each stopped account its
+    error and how many of its decisions were not undone."""
+    from daemon.core.undo import undo as run_undo
+
+    results: list[UndoResult] = []
+    stopped: dict[str, tuple[Exception, int]] = {}
+    for d in todo:
+        if d.account in stopped:
+            exc, left = stopped[d.account]
+            stopped[d.account] = (exc, left + 1)
+            continue
+        try:
+            results += run_undo(store, [d], mailbox_for, dry_run=dry_run)
+        except Exception as exc:
+            stopped[d.account] = (exc, 1)
+    return results, stopped

@@ -476,7 +476,8 @@ def models_publish(source: Path, target: Path) -> None:
 @models.command("rollback")
 @models_dir_option()
 def models_rollback(models_dir: Path) -> None:
-    """Point models/current back at the bundle it served before the last switch."""
+    """Point models/current back at the bundle it served before the last switch (from
+    this machine's promotion log; with none, it says so and exits 2)."""
     from daemon.model.registry import rollback
 
     manifest = rollback(models_dir)

@@ -9,14 +9,16 @@ quick.
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from daemon.cli.common import (
+    AccountFailures,
     config_options,
     dry_run_option,
     limit_option,
@@ -76,22 +78,50 @@ def print_summary(reports: Mapping[str, CycleReport], dry_run: bool) -> None:
 def once(
     config_path: Path | None, overrides: tuple[str, ...], dry_run: bool, timings: bool
 ) -> None:
-    """One cycle over every account, then exit (prints a summary table)."""
+    """One cycle over every account, then exit (prints a summary table).
+
+    Exit status: 0 when every account's cycle ran; 1 when one failed (one line each on
+    stderr, the other accounts still run); 70 when one hit a bug."""
     import time
 
     settings = load_settings(config_path, overrides)
     service = open_service(settings, dry_run)
+    failures = AccountFailures()
     started = time.perf_counter()
     try:
-        reports = service.once()
+        reports = {
+            name: _account_cycle(name, failures, functools.partial(service.cycle, name))
+            for name in list(service.accounts)
+        }
     finally:
         service.close()
     wall = time.perf_counter() - started
     print_summary(reports, service.dry_run)
     if timings:
         _print_timings(service, reports, wall)
-    if any(r.error for r in reports.values()):
-        sys.exit(1)
+    failures.exit()
+
+
+def _account_cycle(
+    name: str, failures: AccountFailures, cycle: Callable[[], CycleReport]
+) -> CycleReport:
+    """``cycle()`` of account ``name``; whatever it fails with becomes the account's error
+    line, its summary row and the log's ``cycle_failed`` event, and the other accounts
+    still run. (``Service.once`` catches only mailbox and lease errors: a bug or a
+    database error would stop every account.)"""
+    import structlog
+
+    from daemon.core.cycle import CycleReport
+
+    try:
+        report = cycle()
+    except Exception as exc:
+        error = failures.caught(name, exc)
+        structlog.get_logger(__name__).error("cycle_failed", account=name, error=error)
+        return CycleReport(name, error=error)
+    if report.error:
+        failures.said(name, report.error)
+    return report
 
 
 def _print_timings(service: Service, reports: Mapping[str, CycleReport], wall: float) -> None:
@@ -146,7 +176,10 @@ def auth(
 @config_options
 @click.option("--connect", is_flag=True, help="Also log in to every account.")
 def check_config(config_path: Path | None, overrides: tuple[str, ...], connect: bool) -> None:
-    """Validate settings, the model bundle and the rules (and with --connect, logins)."""
+    """Validate settings, the model bundle and the rules (and with --connect, logins).
+
+    Exit status: 2 when something does not work (with --connect: one line per account
+    that cannot be used), 70 for a bug."""
     from daemon.core.runtime import load
     from daemon.service.checks import check_logins
 
@@ -171,20 +204,29 @@ def check_config(config_path: Path | None, overrides: tuple[str, ...], connect: 
             settings.state, password=settings.state_password(), read_only=True, lock=False
         ) as store:
             click.echo(f"state ok: {store.where} reachable")
-    failures = 0
-    for check in check_logins(settings.accounts):
+    failures = AccountFailures(status=2)  # an account that cannot be used: bad settings
+    for account in settings.accounts:
+        try:  # one account at a time: an error check_logins does not catch ends its loop
+            (check,) = check_logins([account])
+        except Exception as exc:
+            failures.caught(account.name, exc)
+            continue
         if check.capabilities is None:
-            failures += 1
-            click.echo(f"cleaninbox: error: {check.error}", err=True)
+            failures.said(account.name, check.error or "login failed")
             continue
         caps = check.capabilities
         click.echo(
             f"account {check.account} ok: MOVE {'yes' if caps.move else 'no'}, "
             f"UIDPLUS {'yes' if caps.uidplus else 'no'}, "
             f"CONDSTORE {'yes' if caps.condstore else 'no'}"
+            + (f", folders under {caps.folder_prefix}" if caps.folder_prefix else "")
         )
-    if failures:
-        sys.exit(2)
+        if caps.broken:
+            click.echo(
+                "  advertised but not working, not used: "
+                + "; ".join(f"{name} ({said})" for name, said in caps.broken.items())
+            )
+    failures.exit()
 
 
 class _BarProgress:
@@ -214,7 +256,9 @@ def backfill(
     limit: int | None,
     dry_run: bool,
 ) -> None:
-    """Triage mail that was already there when CleanInbox started."""
+    """Triage mail that was already there when CleanInbox started.
+
+    Exit status: 0 when the cycle ran, 1 when it failed (one line on stderr), 70 for a bug."""
     from datetime import date
 
     from daemon.core.cycle import Mode
@@ -229,11 +273,17 @@ def backfill(
     settings.account(account)
     service = open_service(settings, dry_run)
     mode = Mode(dry_run=service.dry_run, backfill=True, since=since, limit=limit)
-    try:
+    failures = AccountFailures()
+
+    def cycle() -> CycleReport:  # the bar's line is ended before an error line is printed
         with click.progressbar(
             length=0, label=f"backfill {account}", file=sys.stderr, show_pos=True
         ) as bar:
-            report = service.cycle(account, mode, progress=_BarProgress(bar))
+            return service.cycle(account, mode, progress=_BarProgress(bar))
+
+    try:
+        report = _account_cycle(account, failures, cycle)
     finally:
         service.close()
     print_summary({account: report}, service.dry_run)
+    failures.exit()

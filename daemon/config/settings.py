@@ -317,6 +317,27 @@ class HttpSettings(_Strict):
         default=None, description="Env var with a bearer token required by POST /v1/classify."
     )
     token_file: Path | None = None
+    # The API shares the classifier and the process with triage: what one request may
+    # cost is bounded here (docs/operations.md, "HTTP API limits").
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="Request bodies larger than this are answered 413: at once when "
+        "Content-Length says so, else as soon as the bytes read pass it.",
+    )
+    max_concurrent_classify: int = Field(
+        default=2,
+        ge=1,
+        description="POST /v1/classify requests served at once; more are answered 429 with "
+        "Retry-After at once, never queued.",
+    )
+    receive_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's headers must arrive within this of the connection opening "
+        "(or of the previous answer on it), and its body within this of its headers: else "
+        "the connection is closed (headers) or answered 408 (body).",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -405,6 +426,21 @@ class MemorySettings(_Strict):
         ge=1,
         description="Same corrections of sure decisions that make a preference (default: "
         "the bundle's).",
+    )
+    remap_similarity: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Cosine similarity a message needs to a preference that is also "
+        "'remap_share' of the sure decisions the model made with that intent: a remap of "
+        "the intent (default: the bundle's).",
+    )
+    remap_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Share of the model's sure decisions of an intent the user corrected the "
+        "same way that makes a remap (default: the bundle's, 0.5).",
     )
 
 

@@ -7,7 +7,8 @@
 5. Rules turn (intent, confidence, headers) into a :class:`~daemon.core.actions.Plan`.
 6. Write-ahead: journal every decision (``pending`` where there is something to do);
    apply the plans (:func:`~daemon.core.actions.apply_plans`); mark them done or failed.
-7. Advance the high-water mark past messages that are decided; verify that moved
+7. Advance the high-water mark past messages that are decided (never past one whose
+   answer could not be trusted: it is fetched again next cycle); verify that moved
    messages arrived.
 
 Counting and logging is the :class:`~daemon.core.accounting.Accounting` observer's job.
@@ -198,7 +199,12 @@ class Triage:
             def learn(decision: Decision, intent: str, correction_id: int) -> None:
                 if decision.text:
                     self.memory.learn(
-                        account.name, decision.text, intent, loaded.classifier, correction_id
+                        account.name,
+                        decision.text,
+                        intent,
+                        loaded.classifier,
+                        correction_id,
+                        overruled=decision.memory_id is not None,
                     )
 
             return feedback.scan(
@@ -227,7 +233,7 @@ class Triage:
             return self._renumbered(account, mailbox, saved, status, mode)
         if saved is None or saved.uidvalidity != status.uidvalidity:
             report.notes.append(f"{folder}: first start, old mail left untouched")
-            high_water = status.uidnext - 1
+            high_water = status.uidnext - 1 if status.uidnext else self._last_uid(mailbox, folder)
             if not mode.dry_run:
                 with self._state() as store:
                     store.set_folder(account.name, folder, status.uidvalidity, high_water)
@@ -235,13 +241,26 @@ class Triage:
                 return report
         else:
             high_water = saved.high_water
-        if not mode.backfill and 0 < status.uidnext <= high_water + 1:
+        # UIDNEXT is above every UID there is: a UID at or past it in an answer is not one
+        # to trust yet (delivered since, or the server's mistake), and the mark never
+        # moves past it. A UIDNEXT that went backwards is not trusted at all.
+        uidnext = status.uidnext if status.uidnext > high_water else 0
+        if status.uidnext and not uidnext and not mode.backfill:
+            log.warning(
+                "uidnext_went_backwards",
+                command=f"SELECT {folder}",
+                server_said=f"UIDNEXT {status.uidnext}",
+                high_water=high_water,
+                action="searching above the mark anyway",
+            )
+        if not mode.backfill and uidnext == high_water + 1:
             return report  # UIDNEXT has not moved past the mark: no new mail, no SEARCH
         with self.accounting.stage("fetch"):
             if mode.backfill:
                 uids = mailbox.uids_since(folder, mode.since)
             else:
                 uids = mailbox.uids_above(folder, high_water)
+        uids = [u for u in uids if not uidnext or u < uidnext]
         known = self.store.known_uids(account.name, folder, status.uidvalidity, uids)
         todo = [u for u in uids if u not in known][: mode.limit]
         report.new = len(todo)
@@ -249,21 +268,32 @@ class Triage:
             progress.total(len(todo))
         owns_mark = not (mode.dry_run or mode.backfill)  # those runs leave the mark alone
         arrivals = Arrivals()
+        # The mark moves over UIDs the server answered for (a UID SEARCH named but FETCH
+        # did not is gone, or never was), never past one left for the next cycle.
+        held: int | None = None  # the lowest UID left for the next cycle
+        answered = high_water
         for start in range(0, len(todo), account.batch_size):
             if self.stop.is_set():
                 log.info("stopping", remaining=len(todo) - start)
                 break
             batch = todo[start : start + account.batch_size]
-            self._batch(account, mailbox, folder, status.uidvalidity, batch, mode, report, arrivals)
+            unread, top = self._batch(
+                account, mailbox, folder, status.uidvalidity, batch, mode, report, arrivals
+            )
+            if unread is not None:
+                held = unread if held is None else min(held, unread)
+            answered = max(answered, top)
             if progress is not None:
                 progress.advance(len(batch))
-            if owns_mark and max(batch) > high_water:
-                high_water = max(batch)
+            mark = answered if held is None else min(answered, held - 1)
+            if owns_mark and mark > high_water:
+                high_water = mark
                 with self._state() as store:
                     store.set_folder(account.name, folder, status.uidvalidity, high_water)
         else:
             # Everything above the mark is decided (known UIDs were reconciled already).
-            top = max(uids, default=high_water)
+            top = max([answered, *known])
+            top = top if held is None else min(top, held - 1)
             if owns_mark and top > high_water:
                 with self._state() as store:
                     store.set_folder(account.name, folder, status.uidvalidity, top)
@@ -284,18 +314,26 @@ class Triage:
         report.notes.append(found.note)
         report.new = len(found.todo)
         arrivals = Arrivals()
+        redo = False  # the folder keeps its old UIDVALIDITY: redone (by Message-ID) next cycle
         for start in range(0, len(found.todo), account.batch_size):
             if self.stop.is_set():
-                return report  # the folder keeps its old UIDVALIDITY: redone next cycle
+                return report
             batch = found.todo[start : start + account.batch_size]
-            self._batch(
+            unread, _top = self._batch(
                 account, mailbox, saved.folder, status.uidvalidity, batch, mode, report, arrivals
             )
+            redo = redo or unread is not None
         report.failed += self.recovery.verify_arrivals(account.name, mailbox, arrivals)
-        if not mode.dry_run:
+        if not (mode.dry_run or redo):
             with self._state() as store:
                 store.set_folder(account.name, saved.folder, status.uidvalidity, status.uidnext - 1)
         return report
+
+    @staticmethod
+    def _last_uid(mailbox: Mailbox, folder: str) -> int:
+        """The highest UID in ``folder``: the first start's mark when the server did not
+        say UIDNEXT."""
+        return max(mailbox.uids_above(folder, 0), default=0)
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -309,15 +347,35 @@ class Triage:
         mode: Mode,
         report: CycleReport,
         arrivals: Arrivals,
-    ) -> None:
+    ) -> tuple[int | None, int]:
+        """Fetch, decide and act on one batch. Returns the lowest UID whose answer could
+        not be trusted (neither decided nor acted on: the next cycle fetches it again), if
+        any, and the highest UID decided (0 if none)."""
         loaded = self.runtime.current
         with self.accounting.stage("fetch"):
-            messages = mailbox.fetch(folder, uids, account.fetch_max_bytes)
+            fetched = mailbox.fetch(folder, uids, account.fetch_max_bytes)
+        messages = [m for m in fetched if m.problem is None]
+        unread = [m for m in fetched if m.problem is not None]
+        for message in unread:
+            self.accounting.error(account.name, "server_answer")
+            log.warning(
+                "message_unreadable",
+                uid=message.uid,
+                error=message.problem,
+                action="not decided; fetched again next cycle",
+            )
         with self.accounting.stage("parse"):
             items = [_Item(m, _text(m)) for m in messages]
         todo = self._to_classify(account, items)
         can_move = mailbox.capabilities.move or mailbox.capabilities.uidplus
-        self._decide(account, loaded.classifier, loaded.rules, todo, can_move=can_move)
+        self._decide(
+            account,
+            loaded.classifier,
+            loaded.rules,
+            todo,
+            can_move=can_move,
+            record=not mode.dry_run,
+        )
         version = loaded.classifier.version
         if not mode.dry_run:
             self._journal_and_act(account, mailbox, folder, uidvalidity, items, version, arrivals)
@@ -325,6 +383,7 @@ class Triage:
             self.accounting.decided(
                 account.name, item.outcome(), version, report, dry_run=mode.dry_run
             )
+        return min((m.uid for m in unread), default=None), max((m.uid for m in messages), default=0)
 
     def _to_classify(self, account: Account, items: list[_Item]) -> list[_Item]:
         """Items to classify; the others (unparseable, restored by undo) are skipped."""
@@ -348,8 +407,10 @@ class Triage:
         todo: list[_Item],
         *,
         can_move: bool,
+        record: bool = True,
     ) -> None:
-        """Classify ``todo`` and give each item its plan (the review plan if the model failed)."""
+        """Classify ``todo`` and give each item its plan (the review plan if the model failed);
+        ``record`` False (a dry run): the correction memory writes nothing."""
         if not todo:
             return
         try:
@@ -365,7 +426,7 @@ class Triage:
                 item.reason = f"not classified: {exc}"
             return
         self.accounting.classified(classified)
-        predictions = self.memory.apply(account.name, classifier, classified)
+        predictions = self.memory.apply(account.name, classifier, classified, record=record)
         for item, p in zip(todo, predictions, strict=True):
             item.prediction = p
             headers = Headers(item.text.sender, item.text.recipients, item.text.subject)

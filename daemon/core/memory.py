@@ -18,7 +18,8 @@ entry the new model gets right on its own is dropped: retraining has consolidate
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import structlog
@@ -31,6 +32,18 @@ from daemon.store.base import Store
 from daemon.store.records import SHARED_MEMORY, MemoryEntry
 
 log = structlog.get_logger(__name__)
+
+#: Seconds the remap rule's counts are reused before being read again.
+SEEN_TTL = 10.0
+
+
+def _sure_counts(predictions: Iterable[Prediction]) -> dict[str, int]:
+    """How many of ``predictions`` the model made without abstaining, per intent."""
+    counts: dict[str, int] = {}
+    for prediction in predictions:
+        if not prediction.abstain:
+            counts[prediction.intent] = counts.get(prediction.intent, 0) + 1
+    return counts
 
 
 def to_bytes(embedding: FloatArray) -> bytes:
@@ -60,6 +73,9 @@ class CorrectionMemory:
         self.record_use = record_use
         self._lock = threading.Lock()
         self._indexes: dict[tuple[tuple[str, ...] | None, str], tuple[str, MemoryIndex]] = {}
+        #: The model's sure decisions per intent, per scope, and when they were read: a
+        #: share a few seconds old decides the same (see :meth:`seen`).
+        self._seen: dict[tuple[str, ...] | None, tuple[float, dict[str, int]]] = {}
         self._current: str | None = None  # the model version entries were last re-embedded for
         self._warned: set[str] = set()
         self._published: set[str] = set()
@@ -82,7 +98,18 @@ class CorrectionMemory:
             or similarity
         )
         support = self.settings.support or (calibration.support if calibration else 2)
-        return Thresholds(similarity, min(similarity, repeated), support)
+        remap = self.settings.remap_similarity or (
+            calibration.remap_similarity if calibration else None
+        )
+        share = self.settings.remap_share or (calibration.remap_share if calibration else 0.5)
+        repeated = min(similarity, repeated)
+        return Thresholds(
+            similarity,
+            repeated,
+            support,
+            remap_similarity=None if remap is None else min(remap, repeated),
+            remap_share=share,
+        )
 
     def _warn_once(self, classifier: Classifier, why: str) -> None:
         if self.settings.enabled and classifier.version not in self._warned:
@@ -96,30 +123,58 @@ class CorrectionMemory:
     # -- deciding --------------------------------------------------------------------------
 
     def apply(
-        self, account: str, classifier: Classifier, classified: Classified
+        self,
+        account: str,
+        classifier: Classifier,
+        classified: Classified,
+        *,
+        record: bool = True,
     ) -> list[Prediction]:
-        """The predictions with those the memory decides replaced (same order)."""
+        """The predictions with those the memory decides replaced (same order).
+        ``record`` False (a dry run): the state is not written (no counts, no uses)."""
         predictions = classified.predictions
         threshold = self.thresholds(classifier)
         if threshold is None or classified.embeddings is None or not predictions:
             return predictions
         index = self.index(account, classifier)
-        if index.size == 0:
-            return predictions
         out: list[Prediction] = []
         used: list[int] = []
-        for prediction, embedding in zip(predictions, classified.embeddings, strict=True):
-            recall = index.recall(prediction.intent, embedding, threshold)
-            if recall is None:
-                out.append(prediction)
-            else:
-                out.append(prediction.following(recall))
-                used.append(recall.entry_id)
-        if used and self.record_use:
-            self.store.used_memory(used)
-            if self.metrics is not None:
-                self.metrics.memory_decisions.labels(account).inc(len(used))
+        if index.size:
+            seen = self.seen(account) if threshold.remap_similarity is not None else {}
+            for prediction, embedding in zip(predictions, classified.embeddings, strict=True):
+                recall = index.recall(
+                    prediction.intent, embedding, threshold, seen.get(prediction.intent, 0)
+                )
+                if recall is None or recall.intent == prediction.intent:
+                    out.append(prediction)  # nothing, or a correction keeping the model's
+                else:
+                    out.append(prediction.following(recall))
+                    used.append(recall.entry_id)
+        else:
+            out = list(predictions)
+        if self.record_use and record:
+            # The model's own sure decisions, per intent: the remap rule's denominator.
+            self.store.count_seen(account, _sure_counts(p for p in out if p.memory is None))
+            if used:
+                self.store.used_memory(used)
+                if self.metrics is not None:
+                    self.metrics.memory_decisions.labels(account).inc(len(used))
         return out
+
+    def seen(self, account: str) -> dict[str, int]:
+        """The model's sure decisions per intent where ``account``'s corrections apply,
+        read at most every :data:`SEEN_TTL` seconds (one query saved per batch; the remap
+        share moves by one message at a time, and an entry learnt re-reads it)."""
+        accounts = self.scope(account)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._seen.get(accounts)
+        if cached is not None and now - cached[0] < SEEN_TTL:
+            return cached[1]
+        counts = self.store.seen_counts(accounts)
+        with self._lock:
+            self._seen[accounts] = (now, counts)
+        return counts
 
     def index(self, account: str, classifier: Classifier) -> MemoryIndex:
         """The entries that apply to ``account`` under ``classifier``, cached until an
@@ -150,16 +205,28 @@ class CorrectionMemory:
         chosen: str,
         classifier: Classifier,
         correction_id: int | None = None,
+        *,
+        seen: bool = False,
+        overruled: bool = False,
     ) -> int | None:
         """Remember that ``text`` is ``chosen``; the entry's id, or None when the memory
-        is off or the model in service already says ``chosen`` without abstaining."""
+        is off or the model in service already says ``chosen`` without abstaining.
+        ``seen``: the message is also one the model decided (``feedback import``: each row
+        counts, right or wrong; the daemon counted its own decisions when it made them).
+        ``overruled``: the memory decided the message and the user put it where the model
+        would have: that is remembered too (a correction that agrees with the model, which
+        stops other corrections from deciding mail close to it) and counts as one of the
+        model's decisions (a remap the user keeps undoing loses its share)."""
         if self.thresholds(classifier) is None:
             return None
         self.reembed(classifier)
         classified = classifier.classify([text])
         assert classified.embeddings is not None
         said = classified.predictions[0]
-        if said.intent == chosen and not said.abstain:
+        agrees = said.intent == chosen and not said.abstain
+        if seen or (overruled and agrees):
+            self.store.count_seen(account, _sure_counts([said]))
+        if agrees and not overruled:
             return None
         entry_id = self.store.remember(
             account=account,
@@ -172,6 +239,8 @@ class CorrectionMemory:
             max_entries=self.settings.max_entries,
             correction_id=correction_id,
         )
+        with self._lock:
+            self._seen.clear()
         log.info("memory_learned", entry=entry_id, model_said=said.intent, chosen=chosen)
         self.publish()
         return entry_id

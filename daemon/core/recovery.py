@@ -5,7 +5,8 @@
   :func:`daemon.core.actions.settle`: finished, found finished, or failed with a reason.
 - :meth:`Recovery.verify_arrivals`: after acting, each destination is checked once: a
   message another client moved or deleted just before our MOVE is not there, and its
-  decision becomes ``failed: vanished``.
+  decision becomes ``failed: vanished``. A server whose answer cannot tell is not taken
+  for a vanished message: the check is skipped with one line.
 - :meth:`Recovery.renumbered`: the folder's UIDVALIDITY changed, so stored UIDs are void;
   messages are re-identified by Message-ID and only the undecided recent ones are
   returned for triage.
@@ -22,7 +23,7 @@ import structlog
 
 from daemon.core.accounting import Accounting
 from daemon.core.actions import VANISHED, Journaled, Plan, reverted, settle
-from daemon.mailbox.base import FolderStatus, Mailbox
+from daemon.mailbox.base import FolderStatus, Mailbox, ServerAnswerError
 from daemon.store.base import Store
 from daemon.store.records import Decision, FolderState, Status
 
@@ -102,7 +103,11 @@ class Recovery:
         vanished: list[tuple[int, Status, str | None]] = []
         for destination, moved in arrivals.moved.items():
             floor = arrivals.uidnext.get(destination, 1)
-            arrived = set(mailbox.message_ids_from(destination, floor).values())
+            try:
+                arrived = set(mailbox.message_ids_from(destination, floor).values())
+            except ServerAnswerError as exc:  # the server acknowledged the moves: keep them
+                log.warning("arrivals_unverified", destination=destination, error=str(exc))
+                continue
             for decision_id, message_id in moved:
                 if message_id not in arrived:
                     vanished.append((decision_id, "failed", VANISHED))

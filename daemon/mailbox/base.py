@@ -13,11 +13,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from daemon.errors import MailboxError
+
+
+class ServerAnswerError(MailboxError):
+    """The server answered a command with something that cannot be interpreted (an item
+    missing, NIL or not a number, an answer about another folder or message). The message
+    names the command and quotes the server's words; nothing was done with the answer."""
+
 
 @dataclass(frozen=True)
 class FolderStatus:
     uidvalidity: int
-    uidnext: int
+    uidnext: int  # 0 when the server did not say (SELECT without a usable UIDNEXT)
     exists: int
     highestmodseq: int | None = None
 
@@ -32,6 +40,10 @@ class FetchedMessage:
     #: A server-assigned identity that survives moves (Gmail's X-GM-MSGID); when set it
     #: replaces the Message-ID header as the message's identity in the state store.
     identity: str | None = None
+    #: Why the server's answer for this message cannot be trusted (no UID, two different
+    #: answers, the body missing or cut inside the header): it is neither decided nor acted
+    #: on, and the next cycle fetches it again. ``raw`` is empty then.
+    problem: str | None = None
 
     @property
     def truncated(self) -> bool:
@@ -51,6 +63,12 @@ class Capabilities:
     condstore: bool
     keywords: bool  # can store arbitrary keywords
     names: frozenset[str] = field(default_factory=frozenset)
+    #: Extensions the server advertises but answered BAD or nonsense to, with its words:
+    #: no longer used on this account (``move``/``uidplus``/``condstore`` are then False).
+    broken: Mapping[str, str] = field(default_factory=dict)
+    #: Where the user's folders live on the server ("INBOX." on Cyrus's standard
+    #: namespace and Courier; "" where the rules' names are the server's).
+    folder_prefix: str = ""
 
 
 class Mailbox(ABC):
@@ -75,6 +93,12 @@ class Mailbox(ABC):
     @property
     @abstractmethod
     def capabilities(self) -> Capabilities: ...
+
+    def probe(self, folder: str) -> None:
+        """Try the advertised extensions the backend uses, harmlessly, on ``folder``, so
+        that one the server gets wrong shows in :attr:`capabilities` (``broken``). Local
+        stores have none."""
+        return
 
     @abstractmethod
     def list_folders(self) -> list[str]: ...

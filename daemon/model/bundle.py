@@ -67,7 +67,9 @@ class MemoryCalibration(BaseModel):
     A correction records what the model said and what the user chose; a new message is
     decided by the memory when the model says the same about it, its embedding is at least
     ``similarity`` (cosine) from a correction's, or ``repeated_similarity`` from one the
-    user made ``support`` times of sure decisions, and every correction that close agrees.
+    user made ``support`` times of sure decisions (``remap_similarity`` once those are
+    ``remap_share`` of what the model called that intent), and every correction that close
+    agrees.
     Both are chosen on the validation split (``chosen_on``): the lowest thresholds at which
     the corrections of the validation errors, each applied to the other validation
     messages, change no more than ``max_flip_rate`` of the right decisions.
@@ -81,6 +83,11 @@ class MemoryCalibration(BaseModel):
     #: None (bundles of the first memory exports): the same as ``similarity``.
     repeated_similarity: float | None = Field(default=None, gt=0, le=1)
     support: int = Field(default=2, ge=1)
+    #: The remap rule (None: bundles exported before it): ``remap_similarity`` once the
+    #: ``support`` corrections are at least ``remap_share`` of the sure decisions the model
+    #: made with that intent; chosen on the validation remap simulation.
+    remap_similarity: float | None = Field(default=None, gt=0, le=1)
+    remap_share: float = Field(default=0.5, gt=0, le=1)
     max_flip_rate: float = Field(ge=0, le=1)
     chosen_on: dict[str, float] = Field(default_factory=dict)
 

@@ -15,13 +15,19 @@ decided by the memory when
    (same model intent, same choice) of decisions the model was sure about ``support``
    times: a repeated, deliberate disagreement with the model is a preference and covers
    that kind of mail, while one fix of an unsure call stays a fix of that message, and
+   and at least the still lower ``remap_similarity`` once those corrections are also at
+   least ``remap_share`` of the sure decisions the model made with that intent (``seen``:
+   the user moved most of what the model calls card_arrival to card_delivery_estimate;
+   that is a remap of the intent, not fixes of single messages), and
 3. every remembered correction that close chose the same intent: corrections that
    disagree decide nothing.
 
 The nearest such correction is the one followed. Measured on validation data, one
 threshold cannot serve both: low enough for "I moved a few; the next goes there too" it
 lets a genuine error's correction flip the right decisions around it
-(:mod:`training.memory_calibration`). Exact search: one matrix product per
+(:mod:`training.memory_calibration`); the share tells the two apart: a model's genuine
+errors are a small share of what it calls an intent (at most 14% on validation and the
+development set), a remap is most of it. Exact search: one matrix product per
 message over the corrections of that model intent (10,000 entries of 384 floats are
 15 MB and a few microseconds a message; an approximate index would pay only far above
 that). The same function serves the daemon, ``cleaninbox classify`` and the threshold's
@@ -57,6 +63,9 @@ class Thresholds:
     similarity: float
     repeated_similarity: float
     support: int = 2
+    #: None: no remap rule (bundles exported before it).
+    remap_similarity: float | None = None
+    remap_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,23 +120,39 @@ class MemoryIndex:
             said: np.array([support.get((said, e.chosen), 0) for e in group], dtype=np.int64)
             for said, (group, _) in self._groups.items()
         }
+        #: Per model intent: how many of its corrections were of sure decisions (a floor for
+        #: the decisions seen: an imported correction is a decision the model made too).
+        self._sure: dict[str, int] = {
+            said: sum(e.confident for e in group) for said, (group, _) in self._groups.items()
+        }
+
+    def needed(self, said: str, thresholds: Thresholds, seen: int) -> npt.NDArray[np.float64]:
+        """Per correction of ``said``: the similarity a message needs to it."""
+        support = self._support[said]
+        repeated = support >= thresholds.support
+        needed = np.where(repeated, thresholds.repeated_similarity, thresholds.similarity)
+        if thresholds.remap_similarity is not None:
+            share = support / max(seen, self._sure[said], 1)
+            remap = repeated & (share >= thresholds.remap_share)
+            needed = np.where(remap, np.minimum(thresholds.remap_similarity, needed), needed)
+        return needed.astype(np.float64)
 
     @property
     def nbytes(self) -> int:
         return sum(matrix.nbytes for _, matrix in self._groups.values())
 
-    def recall(self, said: str, embedding: FloatArray, thresholds: Thresholds) -> Recall | None:
-        """The correction that decides a message the model calls ``said``, or None."""
+    def recall(
+        self, said: str, embedding: FloatArray, thresholds: Thresholds, seen: int = 0
+    ) -> Recall | None:
+        """The correction that decides a message the model calls ``said``, or None;
+        ``seen``: the sure decisions the model made with ``said`` where these corrections
+        were made (the remap rule's denominator; 0 when unknown)."""
         found = self._groups.get(said)
         if found is None:
             return None
         group, matrix = found
         sims = matrix @ embedding.astype(np.float32, copy=False)
-        needed = np.where(
-            self._support[said] >= thresholds.support,
-            thresholds.repeated_similarity,
-            thresholds.similarity,
-        )
+        needed = self.needed(said, thresholds, seen)
         close = np.flatnonzero(sims >= needed)
         if close.size == 0:
             return None

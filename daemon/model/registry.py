@@ -106,16 +106,41 @@ def promote(models_dir: Path, version: str, reason: str = "promote") -> Manifest
 
 
 def rollback(models_dir: Path) -> Manifest:
-    """Switch ``models/current`` back to the bundle it pointed at before the last switch."""
-    log = models_dir / PROMOTIONS
+    """Switch ``models/current`` back to the bundle it pointed at before the last switch.
+
+    A :class:`ConfigError` (one line from the command line) when there is nothing to go
+    back to: no ``current``, no log (a fresh checkout has none: the log is this machine's
+    and git-ignored), no recorded predecessor; or when the log cannot be read."""
     current = current_version(models_dir)
-    if not log.is_file() or current is None:
+    if current is None:
+        raise ConfigError(
+            f"nothing to roll back: {models_dir / CURRENT} does not exist (no model promoted)"
+        )
+    records = _promotions(models_dir / PROMOTIONS)
+    if not records:
         raise ConfigError(f"nothing to roll back: no promotion recorded in {models_dir}")
-    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
     for record in reversed(records):
         if record.get("version") == current and record.get("previous"):
             return promote(models_dir, str(record["previous"]), reason=f"rollback from {current}")
     raise ConfigError(f"nothing to roll back: {current} has no recorded predecessor")
+
+
+def _promotions(log: Path) -> list[dict[str, object]]:
+    """The promotion log's records, oldest first (none when there is no log)."""
+    if not log.is_file():
+        return []
+    records = []
+    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{log}: line {number} is not JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{log}: line {number} is not a JSON object")
+        records.append(record)
+    return records
 
 
 def publish(source: Path, target: Path) -> Manifest:

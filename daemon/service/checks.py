@@ -1,5 +1,7 @@
 """Pre-flight checks the operator runs before starting the daemon (``cleaninbox
-check-config --connect``): every account logs in and has the folders it watches.
+check-config --connect``): every account logs in and has the folders it watches, and the
+extensions its server advertises are tried (harmlessly), so one it advertises but answers
+BAD to shows as not usable (``Capabilities.broken``), as the daemon will treat it.
 
 The checks are the service's own mailbox path (with the fault-injection hooks the
 reliability tests use), so a check that passes means the daemon's logins will too.
@@ -42,6 +44,8 @@ def check_logins(
                 raise CleanInboxError(
                     f"account {account.name}: folder(s) not found: {', '.join(missing)}"
                 )
+            if account.folders:
+                mailbox.probe(account.folders[0])
             result = LoginCheck(account.name, capabilities=mailbox.capabilities)
         except CleanInboxError as exc:
             result = LoginCheck(account.name, error=str(exc))

@@ -7,7 +7,7 @@ when it returns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -100,6 +100,10 @@ class Store(Protocol):
     def memory_signature(self, accounts: Sequence[str] | None, model_version: str) -> str: ...
 
     def memory_counts(self, model_version: str | None = None) -> dict[str, int]: ...
+
+    def count_seen(self, account: str, counts: Mapping[str, int]) -> None: ...
+
+    def seen_counts(self, accounts: Sequence[str] | None = None) -> dict[str, int]: ...
 
     def used_memory(self, entry_ids: Sequence[int]) -> None: ...
 

@@ -317,7 +317,13 @@ class PostgresDatabase(Database):
             # statement fails, SQLAlchemy drops the pool, and the retry reconnects.
             pool_recycle=600,
             pool_timeout=30,
-            connect_args={"connect_timeout": 10, "application_name": application_name},
+            # UTF-8 whatever the database's encoding: in a SQL_ASCII database (initdb
+            # under the C locale) psycopg would otherwise hand back bytes for text.
+            connect_args={
+                "connect_timeout": 10,
+                "application_name": application_name,
+                "client_encoding": "utf8",
+            },
         )
         try:
             if read_only:

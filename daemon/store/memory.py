@@ -3,13 +3,14 @@ account ``*``), bounded per account, least recently used first to go."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from daemon.store.records import SHARED_MEMORY, MemoryEntry, utcnow
 from daemon.store.repository import Repository
-from daemon.store.schema import corrections, memory
+from daemon.store.schema import corrections, memory, memory_seen
 
 
 class MemoryRepository(Repository):
@@ -96,6 +97,31 @@ class MemoryRepository(Repository):
         if model_version is not None:
             query = query.where(memory.c.model_version == model_version)
         return {r["account"]: int(r["n"]) for r in self.database.rows(query)}
+
+    def count_seen(self, account: str, counts: Mapping[str, int]) -> None:
+        """Add sure decisions the model made, per intent it said (the remap rule's
+        denominator; not fenced: a count, not an action on the mailbox)."""
+        if not counts:
+            return
+        with self.database.transaction(journal=False) as conn:
+            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+            for said, n in sorted(counts.items()):
+                statement = dialect.insert(memory_seen).values(account=account, said=said, seen=n)
+                conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["account", "said"],
+                        set_={"seen": memory_seen.c.seen + statement.excluded.seen},
+                    )
+                )
+
+    def seen_counts(self, accounts: Sequence[str] | None = None) -> dict[str, int]:
+        """Sure decisions per intent the model said, summed over ``accounts`` (all: None)."""
+        query = sa.select(memory_seen.c.said, sa.func.sum(memory_seen.c.seen).label("n")).group_by(
+            memory_seen.c.said
+        )
+        if accounts is not None:
+            query = query.where(memory_seen.c.account.in_(list(accounts)))
+        return {r["said"]: int(r["n"]) for r in self.database.rows(query)}
 
     def used_memory(self, entry_ids: Sequence[int]) -> None:
         """The memory decided by these entries now (least recently used go first)."""

@@ -128,6 +128,16 @@ memory = sa.Table(
     sqlite_autoincrement=True,
 )
 
+#: How many sure decisions the model made with each intent, per account (the memory's
+#: remap rule: corrections that are most of what the model calls an intent remap it).
+memory_seen = sa.Table(
+    "memory_seen",
+    metadata,
+    sa.Column("account", sa.Text, primary_key=True),
+    sa.Column("said", sa.Text, primary_key=True),
+    sa.Column("seen", sa.BigInteger, nullable=False, server_default="0"),
+)
+
 #: Who holds each account (replicas on a PostgreSQL state; daemon/store/leases.py). A
 #: claim raises the epoch; writes for the account are fenced on (owner, epoch, expiry).
 leases = sa.Table(
@@ -149,4 +159,11 @@ replicas = sa.Table(
 
 #: Tables ``state migrate`` copies, in an order that respects their foreign keys (leases
 #: and replicas are live coordination, not history: they start empty).
-TABLES: tuple[sa.Table, ...] = (folders, watched, decisions, corrections, memory)
+TABLES: tuple[sa.Table, ...] = (
+    folders,
+    watched,
+    decisions,
+    corrections,
+    memory,
+    memory_seen,
+)

@@ -115,7 +115,11 @@ class FakeManifest:
     text_recipe: str = "subject-body"
     memory: MemoryCalibration = field(
         default_factory=lambda: MemoryCalibration(
-            dimensions=DIMENSIONS, similarity=0.8, repeated_similarity=0.8, max_flip_rate=0.002
+            dimensions=DIMENSIONS,
+            similarity=0.8,
+            repeated_similarity=0.8,
+            remap_similarity=0.4,
+            max_flip_rate=0.002,
         )
     )
 

@@ -1,5 +1,6 @@
 """The daemon against a real Dovecot: files mail by rules, exactly once, and can undo; the
-journal's tests run on both state engines (SQLite, PostgreSQL)."""
+journal's tests run on both state engines (SQLite, PostgreSQL), and the core scenarios
+(first start, filing, dry run, undo) on a second server too, Cyrus (tests/cyrus.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,30 @@ import pytest
 import yaml
 
 from daemon.model.classifier import Classifier
-from tests.mail_fixtures import ENGINES, ENV, MailUser, cli, email, mid, snapshot
+from tests.mail_fixtures import (
+    ENGINES,
+    ENV,
+    SERVERS,
+    MailServer,
+    MailUser,
+    cli,
+    email,
+    mid,
+    snapshot,
+)
+
+#: The journal on both engines with Dovecot, and Cyrus on SQLite.
+ENGINES_AND_SERVERS = pytest.mark.parametrize(
+    ("engine", "mail_server"),
+    [
+        *[(engine, "dovecot") for engine in ENGINES],
+        pytest.param("sqlite", "cyrus", marks=pytest.mark.containers),
+    ],
+    indirect=True,
+)
 
 
-@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+@ENGINES_AND_SERVERS
 def test_files_new_mail_by_rules_exactly_once(
     workdir: Path, mail_user: MailUser, tiny_bundle: Path
 ) -> None:
@@ -86,6 +107,7 @@ def test_files_new_mail_by_rules_exactly_once(
     assert " 0 " in again.stdout.splitlines()[1]  # new = 0
 
 
+@pytest.mark.parametrize("mail_server", SERVERS, indirect=True)
 def test_dry_run_changes_nothing(workdir: Path, mail_user: MailUser) -> None:
     cli(workdir, "once")  # first start
     raws = [email("I want a refund", 20 + i) for i in range(3)]
@@ -103,7 +125,7 @@ def test_dry_run_changes_nothing(workdir: Path, mail_user: MailUser) -> None:
     assert set(mail_user.messages("Triage/All")) == {mid(r) for r in raws}
 
 
-@pytest.mark.parametrize("engine", ENGINES, indirect=True)
+@ENGINES_AND_SERVERS
 def test_undo_restores_and_is_not_triaged_again(workdir: Path, mail_user: MailUser) -> None:
     cli(workdir, "once")
     raws = [email("my card has not arrived", 30), email("URGENT: fraud", 31, Subject="URGENT")]
@@ -168,9 +190,12 @@ def test_bad_settings_and_rules_fail_with_one_line(workdir: Path, mail_user: Mai
     assert not (workdir / "var" / "state.db").exists()  # nothing ran
 
 
-def test_check_config_connects(workdir: Path, mail_user: MailUser) -> None:
+@pytest.mark.parametrize("mail_server", SERVERS, indirect=True)
+def test_check_config_connects(workdir: Path, mail_user: MailUser, mail_server: MailServer) -> None:
     out = cli(workdir, "check-config", "--connect")
-    assert "account work ok: MOVE yes, UIDPLUS yes, CONDSTORE yes" in out.stdout
+    said = "account work ok: MOVE yes, UIDPLUS yes, CONDSTORE yes"
+    # Cyrus keeps the user's folders under INBOX. (its standard namespace, tests/cyrus.py)
+    assert said + (", folders under INBOX." if mail_server.name == "cyrus" else "\n") in out.stdout
     bad = cli(workdir, "check-config", "--connect", "--set", "accounts=[]", check=False)
     assert bad.returncode == 0  # no accounts is valid
     settings = yaml.safe_load((workdir / "cleaninbox.yaml").read_text())

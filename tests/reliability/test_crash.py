@@ -12,8 +12,9 @@ import pytest
 
 from daemon.service.faults import KILL_AT_COMMAND, KILL_AT_WRITE
 from daemon.store.state import StateStore
+from tests.cyrus import Cyrus
 from tests.dovecot import Dovecot
-from tests.mail_fixtures import USERS, MailUser, cli
+from tests.mail_fixtures import USERS, MailUser, cli, take_user
 from tests.reliability.invariant import check, seed_messages
 from tests.scaffold import edited_settings
 
@@ -58,7 +59,19 @@ def kill_at_every_point(hook: str, user: MailUser, workdir: Path, prefix: str) -
     assert crashes >= (3 if hook == KILL_AT_WRITE else 10), crashes
 
 
-@pytest.mark.parametrize("hook", [KILL_AT_WRITE, KILL_AT_COMMAND])
+#: Writes to the state are the same whatever the server; commands are killed on both.
+HOOKS_AND_SERVERS = pytest.mark.parametrize(
+    ("hook", "mail_server"),
+    [
+        (KILL_AT_WRITE, "dovecot"),
+        (KILL_AT_COMMAND, "dovecot"),
+        pytest.param(KILL_AT_COMMAND, "cyrus", marks=pytest.mark.containers),
+    ],
+    indirect=["mail_server"],
+)
+
+
+@HOOKS_AND_SERVERS
 def test_kill_at_every_point_of_a_batch(hook: str, workdir: Path, mail_user: MailUser) -> None:
     kill_at_every_point(hook, mail_user, workdir, "")
 
@@ -84,16 +97,29 @@ def test_random_kills_during_a_long_run(workdir: Path, mail_user: MailUser) -> N
     check(mail_user, workdir, seeds, destinations={DESTINATION})
 
 
-@pytest.mark.parametrize("hook", [KILL_AT_WRITE, KILL_AT_COMMAND])
+@pytest.mark.parametrize(
+    ("hook", "server"),
+    [
+        (KILL_AT_WRITE, "dovecot"),
+        (KILL_AT_COMMAND, "dovecot"),
+        pytest.param(KILL_AT_COMMAND, "cyrus", marks=pytest.mark.containers),
+    ],
+)
 def test_kill_at_every_point_on_the_copy_fallback(
-    hook: str, workdir: Path, dovecot_without_move: Dovecot
+    hook: str, server: str, workdir: Path, request: pytest.FixtureRequest
 ) -> None:
     """The same on a server without MOVE: COPY + STORE \\Deleted + UID EXPUNGE."""
-    user = MailUser(USERS[2 if hook == KILL_AT_WRITE else 3], dovecot_without_move)
+    backend: Dovecot | Cyrus
+    if server == "dovecot":
+        backend = request.getfixturevalue("dovecot_without_move")
+        user = MailUser(USERS[2 if hook == KILL_AT_WRITE else 3], backend)
+    else:  # Cyrus's port without MOVE, on the same mail store as the main one
+        backend = request.getfixturevalue("cyrus").without_move()
+        user = take_user(backend)
     with edited_settings(workdir) as settings:
         settings["accounts"][0].update(
-            username=user.name,
-            port=dovecot_without_move.tls_port,
-            ca_file=str(dovecot_without_move.cert),
+            username=user.name, port=backend.tls_port, ca_file=str(backend.cert)
         )
+    with user.client() as client:
+        assert b"MOVE" not in client.capabilities()
     kill_at_every_point(hook, user, workdir, "fb-")

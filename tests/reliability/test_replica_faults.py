@@ -259,9 +259,9 @@ def test_frozen_replica_sends_nothing_for_accounts_taken_over(
         orphans = owned_by(url, "r0")
         assert orphans
         cluster.seed(2, "frozen")  # mail keeps arriving while r0 is frozen
-        wait_for(
+        wait_for(  # within a TTL and a claim round; generous for a loaded CI machine
             lambda: all(holders(url).get(a) in ("r1", "r2") for a in orphans),
-            4 * TTL,
+            10 * TTL,
             "the frozen replica's accounts taken over",
         )
         took = time.time() - frozen_at[0]

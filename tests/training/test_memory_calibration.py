@@ -29,6 +29,7 @@ from training.memory_calibration import (
     acted,
     calibrate_memory,
     choose,
+    choose_remap,
     remap_follow_rates,
 )
 
@@ -116,6 +117,9 @@ def test_one_correction_and_repeated_ones_get_their_own_threshold() -> None:
     assert (chosen_on["flipped"], chosen_on["fixed"]) == (0, 4)
     assert (chosen_on["repeated_flipped"], chosen_on["repeated_fixed"]) == (0, 5)
     assert "similarity 0.80, repeated 0.61 after 2 sure corrections" in choice.line()
+    # No intent has the 12 right and sure messages the remap simulation needs.
+    assert choice.remap_similarity is None and section.remap_similarity is None
+    assert "NO remap threshold" in choice.line()
 
 
 def test_without_the_development_set_nothing_bounds_the_repeated_threshold() -> None:
@@ -222,13 +226,38 @@ def test_remap_follow_rate_after_one_correction_and_after_five() -> None:
     assert lone.after_all == {"a": 1.0, "b": 0.0}
 
 
+def test_the_remap_threshold_is_the_highest_that_reaches_the_follow_rate() -> None:
+    """12 identical "a" and 12 "b" 0.705 from each other: five corrections of "b" that are
+    all the "b" the user saw decide every other "b" from 0.70 down (mean follow 1.0),
+    none from 0.71 up (mean 0.5); the remap rule never goes above the repeated one."""
+    dims = 16
+    rows = [(0, True, [1.0] + [0.0] * (dims - 1))] * 12
+    for i in range(12):
+        vector = [0.0] * dims
+        vector[1], vector[i + 3] = math.sqrt(0.705), math.sqrt(0.295)
+        rows.append((1, True, vector))
+    messages = _messages(rows)
+    found = choose_remap(messages, NAMES, Thresholds(0.9, 0.9, 2), 0.5, 0.9, seed=3)
+    assert found is not None
+    rule, remap = found
+    assert (rule.remap_similarity, rule.remap_share) == (0.70, 0.5)
+    assert remap.after_all == {"a": 1.0, "b": 1.0}
+    assert remap.after_one == {"a": 1.0, "b": 0.0}  # one correction is never a remap
+    capped = choose_remap(messages, NAMES, Thresholds(0.9, 0.6, 2), 0.5, 0.9, seed=3)
+    assert capped is not None and capped[0].remap_similarity == 0.6
+    assert choose_remap(messages, NAMES, Thresholds(0.9, 0.9, 6), 0.5, 0.9, seed=3) is None
+
+
 def test_memory_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="max_flip_rate"):
         load_train_config(None, ["memory.max_flip_rate=-0.1"])
     with pytest.raises(ConfigError, match="support"):
         load_train_config(None, ["memory.support=0"])
+    with pytest.raises(ConfigError, match="remap_share"):
+        load_train_config(None, ["memory.remap_share=0"])
     defaults = load_train_config(None).memory
     assert (defaults.max_flip_rate, defaults.support) == (0.002, 2)
+    assert (defaults.remap_share, defaults.remap_follow) == (0.5, 0.9)
 
 
 def test_tiny_bundle_has_a_calibrated_memory(tiny_bundle: Path) -> None:
@@ -251,3 +280,7 @@ def test_tiny_bundle_has_a_calibrated_memory(tiny_bundle: Path) -> None:
     )
     raw = json.loads((tiny_bundle / "manifest.json").read_text())
     assert raw["memory"]["repeated_similarity"] == memory.repeated_similarity
+    assert memory.remap_share == 0.5
+    assert memory.remap_similarity is None or memory.remap_similarity <= (
+        memory.repeated_similarity
+    )

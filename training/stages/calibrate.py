@@ -124,6 +124,8 @@ def memory_threshold(
         config.memory.max_flip_rate,
         config.memory.support,
         config.train.seed,
+        remap_share=config.memory.remap_share,
+        remap_follow=config.memory.remap_follow,
     )
     log(choice.line())
     return choice.calibration(int(found.shape[1]))
