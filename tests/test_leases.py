@@ -4,6 +4,7 @@ release on stop, fencing of writes and commands, and what a lost database does."
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +12,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.errors import LeaseLostError
+from daemon.errors import LeaseLostError, StateError
 from daemon.metrics import Metrics
 from daemon.service.leases import LeaseKeeper
+from daemon.store.database import IDLE_IN_TRANSACTION_TIMEOUT, set_write_hook
 from daemon.store.leases import LeaseTable
 from daemon.store.state import StateStore
+from tests.processes import wait_for
 from tests.test_state import decision
 
 ACCOUNTS = [f"acct{i:02d}" for i in range(10)]
@@ -212,3 +215,48 @@ def test_leases_command_lists_who_holds_what(
     (tmp_path / "cleaninbox.yaml").write_text(yaml.safe_dump({"state": "s.db"}))
     refused = cli(tmp_path, "leases", check=False)
     assert refused.returncode == 2 and "one daemon holds every account" in refused.stderr
+
+
+def test_a_replica_paused_inside_a_write_does_not_keep_its_accounts(
+    stores: list[StateStore],
+) -> None:
+    """Paused (SIGSTOP, a frozen VM) in the middle of a fenced write, a replica holds its
+    lease row FOR SHARE, and claims skip locked rows: without a bound, no other replica
+    could take the account over while it stays paused. PostgreSQL ends the idle
+    transaction, the account is taken over after its TTL, and the paused write, woken,
+    is refused and leaves nothing behind."""
+    a = keeper(stores[0], "a", accounts=["a"])
+    b = keeper(stores[1], "b", accounts=["a"])
+    a.round()
+    inside, wake = threading.Event(), threading.Event()
+
+    def pause(_write: int) -> None:  # the write's statements are sent; its commit is next
+        inside.set()
+        wake.wait(60)
+
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            stores[0].record([decision(1, account="a")])
+        except BaseException as exc:  # handed to the test's thread
+            failed.append(exc)
+
+    set_write_hook(pause)
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        assert inside.wait(10)
+        paused = time.monotonic()
+        wait_for(
+            lambda: "a" in b.round()[0],
+            TTL + IDLE_IN_TRANSACTION_TIMEOUT + 10,
+            "b to take over the account of a replica paused inside a write",
+        )
+        assert time.monotonic() - paused >= TTL - 0.2  # not before the lease ran out
+    finally:
+        set_write_hook(None)
+        wake.set()
+        writer.join(30)
+    assert len(failed) == 1 and isinstance(failed[0], StateError), failed
+    assert stores[1].history() == []

@@ -61,6 +61,12 @@ POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 #: Connections one process keeps to PostgreSQL (pool) and may open beyond it in a burst.
 POOL_SIZE, POOL_OVERFLOW = 4, 4
+# PostgreSQL ends a session left idle inside a transaction this long (seconds). The
+# daemon's transactions are a few statements with nothing to wait for between them; a
+# replica paused inside one (SIGSTOP, a frozen VM, swap) would otherwise keep its row
+# locks, the FOR SHARE of a fenced write on its lease rows among them, and no other
+# replica could take its accounts over (claims skip locked rows) until TCP gave up.
+IDLE_IN_TRANSACTION_TIMEOUT = 5.0
 
 _WRITE = "cleaninbox_write"
 
@@ -325,6 +331,9 @@ class PostgresDatabase(Database):
                 "client_encoding": "utf8",
             },
         )
+        # A SET on each new connection rather than libpq's startup ``options``, which
+        # PgBouncer refuses unless configured to ignore them.
+        event.listen(self.engine, "connect", _end_idle_transactions)
         try:
             if read_only:
                 self.rows(sa.text("SELECT 1"))
@@ -371,6 +380,15 @@ class PostgresDatabase(Database):
             detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
             raise StateError(f"backup of {self.where} failed: {detail}")
         return target.stat().st_size
+
+
+def _end_idle_transactions(dbapi_connection: Any, _record: object) -> None:
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(
+            "SET SESSION idle_in_transaction_session_timeout = "
+            f"{int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)}"
+        )
+    dbapi_connection.commit()
 
 
 def open_database(
