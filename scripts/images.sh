@@ -7,7 +7,7 @@
 #                             machines that cannot pull python:3.11-slim from a registry
 #
 # Settings (environment; a value outside those listed is refused):
-#   IMAGE_ENGINE   docker or podman (default: docker when installed, else podman)
+#   IMAGE_ENGINE   docker or podman (default: docker when its daemon answers, else podman)
 #   IMAGE_BASE     the base image of both (default python:3.11-slim)
 #   IMAGE_TAG      the tag (default: latest)
 #   IMAGE_OFFLINE  1: install from requirements/wheelhouse with no package index (`make
@@ -20,8 +20,13 @@ fail() { echo "images: $*" >&2; exit 2; }
 
 engine=${IMAGE_ENGINE:-}
 if [ -z "$engine" ]; then
-  if command -v docker >/dev/null 2>&1; then engine=docker
+  # Docker only where its daemon answers: a docker CLI without a daemon is common (CI
+  # images, remote contexts not set up) and would fail every build.
+  if command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1; then
+    engine=docker
   elif command -v podman >/dev/null 2>&1; then engine=podman
+  elif command -v docker >/dev/null 2>&1; then
+    fail "docker is installed but its daemon does not answer (docker info), and podman is not installed (make system-deps)"
   else fail "neither docker nor podman is installed (make system-deps installs podman)"
   fi
 fi
@@ -45,7 +50,7 @@ base_image() {
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     bookworm "$scratch/rootfs.tar"
-  "$engine" import --quiet "$scratch/rootfs.tar" "$name" >/dev/null
+  "$engine" import "$scratch/rootfs.tar" "$name" >/dev/null
   echo "$name"
 }
 

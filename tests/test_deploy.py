@@ -545,3 +545,47 @@ def test_retrain_timer_and_service_verify(tmp_path: Path) -> None:
     assert "Nice=19" in text  # never in triage's way
     assert "User=cleaninbox" in text  # the daemon's dynamic user: both own the state
     assert "retrain --config" in text
+
+
+def _fake_engine(bin_dir: Path, name: str, *, daemon_answers: bool) -> None:
+    """A docker or podman command that says it was asked to build, and fails."""
+    info = "exit 0" if daemon_answers else "echo 'Cannot connect to the daemon' >&2; exit 1"
+    script = bin_dir / name
+    script.write_text(
+        f'#!/bin/sh\nif [ "$1" = info ]; then {info}; fi\necho "{name} asked to $1" >&2\nexit 1\n'
+    )
+    script.chmod(0o755)
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize(
+    ("engines", "says"),
+    [
+        ({"docker": True}, "docker asked to build"),
+        ({"docker": False, "podman": True}, "podman asked to build"),
+        (
+            {"docker": False},
+            "docker is installed but its daemon does not answer (docker info), "
+            "and podman is not installed",
+        ),
+        ({}, "neither docker nor podman is installed"),
+    ],
+    ids=["docker", "docker-cli-without-daemon", "docker-cli-only", "none"],
+)
+def test_make_image_takes_docker_only_where_its_daemon_answers(
+    tmp_path: Path, engines: dict[str, bool], says: str
+) -> None:
+    """A docker CLI without a daemon (as on CI machines) is not an engine: podman builds."""
+    for tool in ("dirname", "timeout"):
+        (tmp_path / tool).symlink_to(shutil.which(tool) or f"/usr/bin/{tool}")
+    for name, answers in engines.items():
+        _fake_engine(tmp_path, name, daemon_answers=answers)
+    result = subprocess.run(
+        ["/bin/bash", str(REPO / "scripts/images.sh"), "build"],
+        env={"PATH": str(tmp_path), "IMAGES": "daemon"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert says in result.stderr, result.stderr

@@ -247,6 +247,23 @@ def test_daemon_image_holds_the_lock_and_no_torch(images: Images) -> None:
     }
 
 
+_LEFT_OVER = (
+    "import pathlib, sysconfig; site = pathlib.Path(sysconfig.get_path('purelib')); "
+    "print('\\n'.join(str(p.relative_to(site)) for p in ["
+    "*site.glob('onnxruntime/capi/libonnxruntime.so*'), *site.glob('onnxruntime/tools'), "
+    "*site.rglob('tests'), *site.rglob('*.pyi')]))"
+)
+
+
+def test_daemon_image_carries_nothing_it_never_loads(images: Images) -> None:
+    """The Dockerfile's prune held (about 60 MB): no duplicate onnxruntime library, no
+    model-editing tools, test suites or stubs. Loading what is left: the other tests."""
+    left = podman(
+        "run", "--rm", *run_flags(), "--entrypoint", "python", images.daemon, "-c", _LEFT_OVER
+    ).stdout.split()
+    assert left == []
+
+
 def _pin(line: str) -> tuple[str, str]:
     """("name", "version") of a ``name==version`` line, the name normalised."""
     name, _, version = line.split(" ", maxsplit=1)[0].partition("==")
