@@ -166,8 +166,10 @@ class StudyStorage:
         # The password travels beside the URL, never in a string that could be logged
         # (URL.set ignores None: _replace is SQLAlchemy's documented way to clear a part).
         self.url = url._replace(password=None)
-        self.connect_args = {"password": password} if password else {}
         self.shared = url.get_backend_name() != "sqlite"
+        self.connect_args: dict[str, str] = {"password": password} if password else {}
+        if self.shared:  # UTF-8 whatever the database's encoding (in SQL_ASCII, psycopg
+            self.connect_args["client_encoding"] = "utf8"  # hands back bytes for text)
         shown = self.url.set(drivername="postgresql") if self.shared else self.url
         self.where = shown.render_as_string(hide_password=True)
         self._locks = (

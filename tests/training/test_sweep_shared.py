@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import psycopg
 import pytest
 import yaml
 
-from training.sweep import STUDY_LOCK_KEY, WORKER_ATTR
+from tests.postgres import PostgresServer
+from training.sweep import STUDY_LOCK_KEY, WORKER_ATTR, StudyStorage
 
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = 3
@@ -161,3 +163,22 @@ def test_another_database_is_one_error_line(tmp_path: Path, storage: str, shown:
     assert f"unsupported study storage {shown}:" in lines[0]
     assert "s3cret" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sql_ascii_database_holds_a_study_with_utf8_text(pg_server: PostgresServer) -> None:
+    """initdb under the C locale makes SQL_ASCII databases, where psycopg hands back bytes
+    unless the client asks for UTF-8: Optuna could not have read its own study back."""
+    name = f"ascii_{uuid.uuid4().hex[:8]}"
+    pg_server.admin(
+        f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+        "TEMPLATE template0"
+    )
+    try:
+        storage = StudyStorage(pg_server.url(name)).optuna_storage()
+        study = optuna.create_study(study_name="étude", storage=storage)
+        study.set_user_attr("note", "Où est ma carte ?")
+        loaded = optuna.load_study(study_name="étude", storage=storage)
+        assert loaded.user_attrs == {"note": "Où est ma carte ?"}
+        storage.engine.dispose()
+    finally:
+        pg_server.drop_database(name)
