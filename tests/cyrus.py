@@ -81,6 +81,10 @@ def _wait_ready(server: Cyrus, timeout: float = 60) -> None:
     raise RuntimeError(f"cyrus did not answer within {timeout} s ({last}): {logs.stderr[-2000:]}")
 
 
+#: Master, its preforked imapd and idled, and the imapd of connections the tests left.
+MAX_PROCESSES = 100
+
+
 @contextmanager
 def running_cyrus(root: Path, users: Iterable[str], locks: Path) -> Iterator[Cyrus]:
     """Cyrus serving ``users`` (password tests.dovecot.PASSWORD), removed on the way out."""
@@ -107,5 +111,9 @@ def running_cyrus(root: Path, users: Iterable[str], locks: Path) -> Iterator[Cyr
     try:
         _wait_ready(server)
         yield server
+        # A service master cannot run forks without end (idled listed as a service once
+        # left about 2,000 processes and a core spinning for the whole CI run).
+        processes = len(podman("top", container, "pid").stdout.splitlines()) - 1
+        assert processes < MAX_PROCESSES, f"Cyrus ran {processes} processes at the end"
     finally:
         podman("rm", "--force", "--time", "5", container, check=False, timeout=60)
